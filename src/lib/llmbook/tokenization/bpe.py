@@ -1,0 +1,429 @@
+"""Byte-pair encoding: a byte-level trainer and encoder (GPT-2 style) and a character-level variant.
+
+BPE (Sennrich et al. 2016, arXiv:1508.07909) starts from an alphabet and repeatedly merges the
+most frequent adjacent pair; byte-level BPE (GPT-2, Radford et al. 2019) uses the 256 byte values
+as the alphabet, so every string, in any script, encodes without an unknown token.
+
+Training works on unique pre-token words with counts and updates pair counts incrementally:
+`where[pair]` is the set of word indices that contain the pair, and a max-heap of (count, pair)
+entries with lazy invalidation gives the next merge without recounting. Only the words that contain
+the merged pair are touched. Tie-break (documented, deterministic): highest count first, then the
+smallest (left id, right id) pair — the older (lower-id) tokens win. A merge whose bytes already
+exist as a token (reachable by another split) is skipped, so token bytes stay unique and the
+rank table is a valid `tiktoken` vocabulary.
+
+Encoding follows tiktoken: ids are ranks, and within one pre-token the adjacent pair whose
+concatenation has the lowest rank is merged first, until no concatenation is in the vocabulary;
+encoded words are cached, so common words cost one dict lookup.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+from .pretokenize import GPT2_PATTERN, compile_pattern, count_words, split_special
+
+T = TypeVar("T", bytes, str)
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (used by HF `ByteLevel` and our JSON)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+BYTE_TO_CHAR = bytes_to_unicode()
+CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
+
+
+def bytes_to_visible(b: bytes) -> str:
+    """Token bytes as GPT-2 printable text, e.g. b" the" -> "Ġthe"."""
+    return "".join(BYTE_TO_CHAR[x] for x in b)
+
+
+def visible_to_bytes(s: str) -> bytes:
+    """Inverse of `bytes_to_visible`."""
+    return bytes(CHAR_TO_BYTE[c] for c in s)
+
+
+def apply_ranks(parts: list[T], ranks: Mapping[T, int], max_rank: int | None = None) -> list[T]:
+    """Merge adjacent parts, lowest-rank concatenation first, until none is in `ranks` (tiktoken).
+
+    `max_rank` (exclusive) restricts merges to older tokens; used to recover a token's merge pair.
+    """
+    while len(parts) > 1:
+        best_rank, best_i = None, -1
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and (best_rank is None or r < best_rank):
+                if max_rank is None or r < max_rank:
+                    best_rank, best_i = r, i
+        if best_rank is None:
+            break
+        parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+    return parts
+
+
+def _merge_word(word: Sequence[int], a: int, b: int, new: int) -> list[int]:
+    """Replace every non-overlapping (a, b) in `word`, left to right, with `new`."""
+    out: list[int] = []
+    i, n = 0, len(word)
+    while i < n:
+        if i < n - 1 and word[i] == a and word[i + 1] == b:
+            out.append(new)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
+
+
+def train_merges(
+    words: list[list[int]],
+    freqs: list[int],
+    pieces: list[T],
+    num_merges: int,
+    progress: bool = False,
+) -> list[tuple[int, int]]:
+    """Learn up to `num_merges` BPE merges over `words` (lists of ids into `pieces`), in place.
+
+    `pieces[i]` is token i's surface (bytes or str); each merge appends the new token to `pieces`
+    and returns the merge list [(left id, right id), ...] in rank order.
+    """
+    counts: dict[tuple[int, int], int] = defaultdict(int)
+    where: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for wi, (w, f) in enumerate(zip(words, freqs)):
+        for p in zip(w, w[1:]):
+            counts[p] += f
+            where[p].add(wi)
+    heap = [(-c, p) for p, c in counts.items()]
+    heapq.heapify(heap)
+    known = set(pieces)
+    merges: list[tuple[int, int]] = []
+    bar = tqdm(total=num_merges, desc="BPE merges", disable=not progress)
+    while len(merges) < num_merges and heap:
+        neg, pair = heapq.heappop(heap)
+        if counts.get(pair, 0) != -neg or neg == 0:
+            continue  # stale entry: the count changed after it was pushed
+        a, b = pair
+        surface = pieces[a] + pieces[b]
+        if surface in known:
+            continue  # same bytes reachable by another split: keep tokens unique
+        new = len(pieces)
+        pieces.append(surface)
+        known.add(surface)
+        merges.append(pair)
+        bar.update(1)
+        delta: dict[tuple[int, int], int] = defaultdict(int)
+        for wi in where.pop(pair):
+            w, f = words[wi], freqs[wi]
+            nw = _merge_word(w, a, b, new)
+            old_pairs = set(zip(w, w[1:]))
+            new_pairs = set(zip(nw, nw[1:]))
+            for p in zip(w, w[1:]):
+                delta[p] -= f
+            for p in zip(nw, nw[1:]):
+                delta[p] += f
+            for p in old_pairs - new_pairs:
+                if p != pair:
+                    where[p].discard(wi)
+            for p in new_pairs - old_pairs:
+                where[p].add(wi)
+            words[wi] = nw
+        for p, d in delta.items():
+            if d:
+                c = counts[p] + d
+                counts[p] = c
+                if c > 0:
+                    heapq.heappush(heap, (-c, p))
+        counts.pop(pair, None)
+    bar.close()
+    return merges
+
+
+class ByteBPETokenizer:
+    """Byte-level BPE tokenizer: `ranks` maps token bytes -> id (= merge rank), tiktoken-style.
+
+    `special_tokens` (text -> id) are matched in `encode` before pre-tokenization and never split.
+    `merges` (optional) is the list of (left id, right id) that built each token; it is recovered
+    from the ranks when missing (published vocabularies ship ranks only).
+    """
+
+    def __init__(
+        self,
+        ranks: dict[bytes, int],
+        special_tokens: Mapping[str, int] | None = None,
+        pattern: str = GPT2_PATTERN,
+        merges: list[tuple[int, int]] | None = None,
+    ) -> None:
+        self.ranks = dict(ranks)
+        self.special_tokens = dict(special_tokens or {})
+        self.pattern = pattern
+        self._regex = compile_pattern(pattern)
+        self._id_to_bytes = {i: b for b, i in self.ranks.items()}
+        self._id_to_bytes.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
+        if len(self._id_to_bytes) != len(self.ranks) + len(self.special_tokens):
+            raise ValueError("ranks and special_tokens must use distinct ids")
+        self._merges = merges
+        self._cache: dict[str, list[int]] = {}
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (ordinary tokens + special tokens); ids run 0 .. vocab_size - 1."""
+        return max(self._id_to_bytes) + 1
+
+    @property
+    def merges(self) -> list[tuple[int, int]]:
+        """(left id, right id) for every multi-byte token, in rank order."""
+        if self._merges is None:
+            self._merges = recover_merges(self.ranks)
+        return self._merges
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes of one token (special tokens: their UTF-8 text)."""
+        return self._id_to_bytes[token_id]
+
+    # -- encoding -------------------------------------------------------------------------
+    def _encode_word(self, word: str) -> list[int]:
+        ranks = self.ranks
+        b = word.encode("utf-8")
+        r = ranks.get(b)
+        if r is not None:
+            ids = [r]
+        else:
+            ids = [ranks[p] for p in apply_ranks([bytes([x]) for x in b], ranks)]
+        if len(self._cache) >= 500_000:
+            self._cache.clear()
+        self._cache[word] = ids
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode `text`, treating special-token strings as plain text."""
+        out: list[int] = []
+        cache_get = self._cache.get
+        encode_word = self._encode_word
+        for w in self._regex.findall(text):
+            ids = cache_get(w)
+            out.extend(ids if ids is not None else encode_word(w))
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        """Encode `text`; special tokens in it become their single id and are never split."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, got {type(text).__name__}")
+        if not self.special_tokens:
+            return self.encode_ordinary(text)
+        out: list[int] = []
+        for chunk, is_special in split_special(text, self.special_tokens):
+            if is_special:
+                out.append(self.special_tokens[chunk])
+            else:
+                out.extend(self.encode_ordinary(chunk))
+        return out
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """Concatenate the bytes of `ids` (may end inside a multi-byte character)."""
+        try:
+            return b"".join(self._id_to_bytes[i] for i in ids)
+        except KeyError as e:
+            raise ValueError(f"ids contains {e.args[0]}, outside 0..{self.vocab_size - 1}") from None
+
+    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
+        """Decode ids to text; bytes that are not valid UTF-8 on their own become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    # -- interop --------------------------------------------------------------------------
+    def to_tiktoken(self, name: str = "llmbook"):
+        """The same vocabulary as a `tiktoken.Encoding` (the Rust reference encoder)."""
+        import tiktoken
+
+        return tiktoken.Encoding(
+            name=name,
+            pat_str=self.pattern,
+            mergeable_ranks=self.ranks,
+            special_tokens=self.special_tokens,
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write JSON: tokens in rank order as GPT-2 printable text, merges, specials, pattern."""
+        n = len(self.ranks)
+        if sorted(self.ranks.values()) != list(range(n)):
+            raise ValueError("save needs ranks 0..n-1 without gaps")
+        tokens = [""] * n
+        for b, r in self.ranks.items():
+            tokens[r] = bytes_to_visible(b)
+        doc = {
+            "kind": "byte_bpe",
+            "pattern": self.pattern,
+            "tokens": tokens,
+            "merges": [list(m) for m in self._merges] if self._merges is not None else None,
+            "special_tokens": self.special_tokens,
+        }
+        Path(path).write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ByteBPETokenizer:
+        """Read a file written by `save`."""
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        if doc.get("kind") != "byte_bpe":
+            raise ValueError(f"{path} is not a byte_bpe tokenizer file (kind={doc.get('kind')!r})")
+        ranks = {visible_to_bytes(t): i for i, t in enumerate(doc["tokens"])}
+        merges = [tuple(m) for m in doc["merges"]] if doc["merges"] is not None else None
+        return cls(ranks, doc["special_tokens"], doc["pattern"], merges)
+
+
+def recover_merges(ranks: Mapping[bytes, int]) -> list[tuple[int, int]]:
+    """For each multi-byte token, the pair of older tokens BPE joins to make it (by rank order)."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) == 1:
+            continue
+        parts = apply_ranks([bytes([x]) for x in token], ranks, max_rank=rank)
+        if len(parts) != 2:
+            raise ValueError(f"token {token!r} (rank {rank}) is not the merge of two older tokens")
+        merges.append((ranks[parts[0]], ranks[parts[1]]))
+    return merges
+
+
+def _check_vocab_size(vocab_size: int, minimum: int, what: str) -> None:
+    if not isinstance(vocab_size, int) or vocab_size < minimum:
+        raise ValueError(f"vocab_size must be an int >= {minimum} ({what}), got {vocab_size!r}")
+
+
+def train_bpe(
+    texts: str | Iterable[str],
+    vocab_size: int,
+    special_tokens: Sequence[str] = (),
+    pattern: str = GPT2_PATTERN,
+    progress: bool = False,
+) -> ByteBPETokenizer:
+    """Train a byte-level BPE tokenizer with `vocab_size` ids (256 bytes + merges + specials).
+
+    Special tokens take the last ids. Fewer merges are learned if the corpus runs out of pairs.
+    """
+    special_tokens = list(special_tokens)
+    _check_vocab_size(vocab_size, 256 + len(special_tokens), "256 bytes + special tokens")
+    counts = count_words(texts, pattern, special_tokens)
+    words = [list(w.encode("utf-8")) for w in counts]
+    freqs = list(counts.values())
+    pieces: list[bytes] = [bytes([i]) for i in range(256)]
+    merges = train_merges(words, freqs, pieces, vocab_size - 256 - len(special_tokens), progress)
+    ranks = {p: i for i, p in enumerate(pieces)}
+    specials = {s: len(pieces) + i for i, s in enumerate(special_tokens)}
+    return ByteBPETokenizer(ranks, specials, pattern, merges)
+
+
+class CharBPETokenizer:
+    """Character-level BPE: the alphabet is the characters seen in training, plus `<unk>` (id 0).
+
+    Shows why bytes win: a character never seen in training has no id, becomes `<unk>`, and
+    decode(encode(x)) != x.
+    """
+
+    UNK = "<unk>"
+
+    def __init__(
+        self,
+        tokens: list[str],
+        special_tokens: Mapping[str, int] | None = None,
+        pattern: str = GPT2_PATTERN,
+        merges: list[tuple[int, int]] | None = None,
+    ) -> None:
+        self.tokens = list(tokens)  # id -> surface; tokens[0] is <unk>
+        self.vocab = {t: i for i, t in enumerate(self.tokens)}
+        self.special_tokens = dict(special_tokens or {})
+        self.pattern = pattern
+        self.merges = list(merges or [])
+        self._regex = compile_pattern(pattern)
+        # rank = id (older tokens merge first); <unk> is never the result of a merge
+        self._ranks = {t: i for t, i in self.vocab.items() if t != self.UNK}
+        self._id_to_text = dict(enumerate(self.tokens))
+        self._id_to_text.update({i: s for s, i in self.special_tokens.items()})
+        self._cache: dict[str, list[int]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (alphabet + <unk> + merges + specials)."""
+        return max(self._id_to_text) + 1
+
+    def _encode_word(self, word: str) -> list[int]:
+        ids = self._cache.get(word)
+        if ids is None:
+            unk = self.vocab[self.UNK]
+            parts = apply_ranks([c if c in self.vocab else "\0unk" for c in word], self._ranks)
+            ids = [self.vocab.get(p, unk) for p in parts]
+            self._cache[word] = ids
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Encode `text`; unseen characters become the `<unk>` id."""
+        out: list[int] = []
+        for chunk, is_special in split_special(text, self.special_tokens):
+            if is_special:
+                out.append(self.special_tokens[chunk])
+            else:
+                for w in self._regex.findall(chunk):
+                    out.extend(self._encode_word(w))
+        return out
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Concatenate token texts (`<unk>` stays the literal string "<unk>")."""
+        return "".join(self._id_to_text[i] for i in ids)
+
+    def save(self, path: str | Path) -> None:
+        """Write JSON (tokens in id order, merges, specials, pattern)."""
+        doc = {
+            "kind": "char_bpe",
+            "pattern": self.pattern,
+            "tokens": self.tokens,
+            "merges": [list(m) for m in self.merges],
+            "special_tokens": self.special_tokens,
+        }
+        Path(path).write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> CharBPETokenizer:
+        """Read a file written by `save`."""
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        if doc.get("kind") != "char_bpe":
+            raise ValueError(f"{path} is not a char_bpe tokenizer file (kind={doc.get('kind')!r})")
+        merges = [tuple(m) for m in doc["merges"]]
+        return cls(doc["tokens"], doc["special_tokens"], doc["pattern"], merges)
+
+
+def train_char_bpe(
+    texts: str | Iterable[str],
+    vocab_size: int,
+    special_tokens: Sequence[str] = (),
+    pattern: str = GPT2_PATTERN,
+    progress: bool = False,
+) -> CharBPETokenizer:
+    """Train character-level BPE: alphabet = characters of the training text, then merges."""
+    special_tokens = list(special_tokens)
+    counts = count_words(texts, pattern, special_tokens)
+    alphabet = sorted({c for w in counts for c in w})
+    pieces: list[str] = [CharBPETokenizer.UNK, *alphabet]
+    _check_vocab_size(vocab_size, len(pieces) + len(special_tokens), "alphabet + <unk> + specials")
+    index = {c: i for i, c in enumerate(pieces)}
+    words = [[index[c] for c in w] for w in counts]
+    freqs = list(counts.values())
+    n_merges = vocab_size - len(pieces) - len(special_tokens)
+    merges = train_merges(words, freqs, pieces, n_merges, progress)
+    specials = {s: len(pieces) + i for i, s in enumerate(special_tokens)}
+    return CharBPETokenizer(pieces, specials, pattern, merges)
