@@ -29,3 +29,28 @@ def write_notebook(path: Path, parameters: str, *cells: str) -> Path:
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory: pytest.TempPathFactory):
+    """Every chapter executed with the `smoke` profile into a scratch copy of the site sources.
+
+    Session-scoped and used by tests/test_chapters.py and tests/test_book.py, which share one
+    xdist group, so the chapters run once per test run.
+    """
+    import shutil
+
+    from llmbook import profiles, runner
+
+    site = tmp_path_factory.mktemp("site")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO / name, site / name)
+    (site / "book").mkdir()
+    for page in (REPO / "book").glob("*.md"):
+        shutil.copy(page, site / "book" / page.name)
+    paths = runner.BookPaths(
+        chapters_dir=REPO / "chapters", site_root=site, runs_dir=site / "runs", cache_dir=site / ".cache"
+    )
+    for chapter in runner.discover(paths):
+        runner.run_chapter(chapter, profiles.resolve(chapter.name, "smoke"), paths, progress=False)
+    return paths

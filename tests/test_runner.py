@@ -92,7 +92,7 @@ def test_cli_failing_chapter_exit_code(book: runner.BookPaths, capsys: pytest.Ca
         (["-p", "vocab", "1000"], "has no parameter 'vocab'; allowed: ["),
         (["-p", "vocab_size", "big"], "parameter vocab_size='big': expected int, got str"),
         (["-p", "vocab_size", "1.5"], "parameter vocab_size=1.5: expected int, got float"),
-        (["-p", "train_wordpiece", "3"], "parameter train_wordpiece=3: expected bool, got int"),
+        (["-p", "subword_mb", "true"], "parameter subword_mb=True: expected float, got a bool"),
         (["-p", "sweep_vocab_sizes", "[300]"], "sweep_vocab_sizes=(300,): needs two or more sizes"),
     ],
 )

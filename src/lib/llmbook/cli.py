@@ -118,10 +118,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _assets(args: argparse.Namespace) -> int:
-    from llmbook.artifacts import cache_dir
     from llmbook.tokenization.published import fetch_published_vocabularies
 
-    for name, path in fetch_published_vocabularies(cache_dir() / "published").items():
+    for name, path in fetch_published_vocabularies().items():
         print(f"{name}: {path}")
     return 0
 

@@ -39,6 +39,7 @@ __all__ = [
     "corpus_text",
     "split_text",
     "truncate_utf8",
+    "hub_text",
 ]
 
 DATA_DIR_ENV = "LLMBOOK_DATA_DIR"  # environment variable that overrides the data directory
@@ -195,3 +196,23 @@ def split_text(text: str, heldout_fraction: float, seed: int = 0) -> tuple[str, 
     train = DOC_SEPARATOR.join(d for i, d in enumerate(docs) if i not in held)
     heldout = DOC_SEPARATOR.join(d for i, d in enumerate(docs) if i in held)
     return train, heldout
+
+
+def hub_text(dataset: str, max_bytes: int, *, column: str = "text", split: str = "train") -> str:
+    """Up to `max_bytes` of text streamed from a Hugging Face hub dataset (gpu profile; needs network).
+
+    Documents are joined like `corpus_text`; needs the `datasets` package (the `gpu` extra).
+    """
+    try:
+        from datasets import load_dataset
+    except ImportError as error:
+        raise ImportError("hub_text needs the `datasets` package: pip install -e '.[gpu]'") from error
+    parts, size = [], 0
+    for row in load_dataset(dataset, split=split, streaming=True):
+        if column not in row:
+            raise ValueError(f"dataset {dataset!r} has no column {column!r}; columns: {sorted(row)}")
+        parts.append(row[column])
+        size += len(row[column].encode("utf-8")) + len(DOC_SEPARATOR)
+        if size >= max_bytes:
+            break
+    return truncate_utf8(DOC_SEPARATOR.join(parts), max_bytes)

@@ -35,8 +35,20 @@ SCHEMES = ("legacy", "affine32")
 
 _M1, _M2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 _K1, _K2, _K3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 _WORD_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]|[^\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+")
+
+
+def _char_class_table() -> np.ndarray:
+    t = np.zeros(0x10000, np.uint8)
+    for lo, hi in ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0xAC00, 0xD7AF)):
+        t[lo : hi + 1] = 2
+    t[[9, 10, 11, 12, 13, 32, 0x85, 0xA0, 0x3000, 0x2028, 0x2029]] = 1
+    t[0x2000:0x200B] = 1
+    return t
+
+
+_CHAR_CLASS = _char_class_table()
 
 
 def fmix64(h: np.ndarray) -> np.ndarray:
@@ -141,10 +153,8 @@ def hash_words_batch(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     c, starts = _join(texts)
     if len(c) == 0:
         return np.empty(0, np.uint64), np.zeros(len(texts), np.int64)
-    cjk = ((c >= 0x3040) & (c <= 0x30FF)) | ((c >= 0x3400) & (c <= 0x4DBF)) | ((c >= 0x4E00) & (c <= 0x9FFF))
-    cjk |= ((c >= 0xF900) & (c <= 0xFAFF)) | ((c >= 0xAC00) & (c <= 0xD7AF))
-    space = (c <= 32) & ((c == 32) | ((c >= 9) & (c <= 13)))
-    space |= (c == 0x85) | (c == 0xA0) | (c == 0x3000) | (c == 0x2028) | (c == 0x2029) | ((c >= 0x2000) & (c <= 0x200A))
+    cls = _CHAR_CLASS[np.minimum(c, 0xFFFF)]  # 0 other, 1 space, 2 CJK (one table lookup per char)
+    space, cjk = cls == 1, cls == 2
     prev_space = np.concatenate([[True], space[:-1]])
     prev_cjk = np.concatenate([[False], cjk[:-1]])
     start = ~space & (prev_space | cjk | prev_cjk)  # a word starts here
@@ -244,19 +254,22 @@ def permutations(num_perm: int, seed: int = 1, scheme: str = "affine32") -> tupl
 
 
 def _permute(h: np.ndarray, a: np.ndarray, b: np.ndarray, scheme: str) -> np.ndarray:
-    """(S,) shingle hashes -> (S, P) permuted hashes."""
+    """(S,) shingle hashes -> (P, S) permuted hashes (rows contiguous, so the per-document
+    ``minimum.reduceat`` runs along memory)."""
     with np.errstate(over="ignore"):
         if scheme == "legacy":
-            x = h[:, None] * a[None, :]  # (S, P), wraps mod 2^64 like datasketch
-            x += b
+            x = a[:, None] * h[None, :]  # (P, S), wraps mod 2^64 like datasketch
+            x += b[:, None]
             y = x & MERSENNE_PRIME  # x mod p = (x & p) + (x >> 61), then one conditional subtract
             x >>= np.uint64(61)
             y += x
-            y -= MERSENNE_PRIME * (y >= MERSENNE_PRIME)
+            over = y >= MERSENNE_PRIME  # almost never true (probability ~ 8 / 2^61)
+            if over.any():
+                y[over] -= MERSENNE_PRIME
             y &= MAX_HASH32
             return y
-        x = fmix32(h)[:, None] * a[None, :]  # (S, P) uint32, wraps mod 2^32
-        x += b
+        x = a[:, None] * fmix32(h)[None, :]  # (P, S) uint32, wraps mod 2^32
+        x += b[:, None]
         return x
 
 
@@ -294,10 +307,30 @@ def minhash_signatures(
         h = allh[s : s + chunk]
         d = doc_of[s : s + chunk]
         seg = np.flatnonzero(np.concatenate([[True], d[1:] != d[:-1]]))  # first shingle of each doc in chunk
-        mins = np.minimum.reduceat(_permute(h, a, b, scheme), seg, axis=0)  # (n_docs_in_chunk, P)
+        mins = np.minimum.reduceat(_permute(h, a, b, scheme), seg, axis=1).T  # (P, n) -> (n_docs_in_chunk, P)
         docs = d[seg]
         sig[docs] = np.minimum(sig[docs], mins)
     return sig
+
+
+def minhash_texts(
+    texts: Sequence[str],
+    num_perm: int = 128,
+    seed: int = 1,
+    scheme: str = "affine32",
+    n: int = 5,
+    unit: str = "word",
+    batch: int = 2000,
+) -> np.ndarray:
+    """(N, P) MinHash signatures of raw texts: fast shingle hashing + :func:`minhash_signatures`, ``batch`` texts at a time."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    parts = [
+        minhash_signatures(shingle_hashes_batch(texts[i : i + batch], n, unit), num_perm, seed, scheme)
+        for i in range(0, len(texts), batch)
+    ]
+    dtype = np.uint64 if scheme == "legacy" else np.uint32
+    return np.concatenate(parts) if parts else np.empty((0, num_perm), dtype)
 
 
 def jaccard_estimate(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray | float:

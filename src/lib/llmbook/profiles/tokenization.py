@@ -11,18 +11,20 @@ BYTE_ALPHABET = 256  # a byte-level vocabulary starts with every possible byte
 SMOKE = dict(
     train_mb_en=0.15,
     train_mb_zh=0.08,
-    vocab_size=512,
-    sweep_vocab_sizes=(300, 400, 512),
+    vocab_size=2500,
+    sweep_vocab_sizes=(400, 1000, 2500),
     encode_mb=0.1,
-    train_wordpiece=True,
+    subword_mb=0.05,
+    subword_vocab_size=1000,
 )
 CPU = dict(
     train_mb_en=2.0,
     train_mb_zh=1.0,
     vocab_size=8000,
-    sweep_vocab_sizes=(1000, 2000, 4000, 8000),
+    sweep_vocab_sizes=(1000, 2000, 4000, 8000, 16000),
     encode_mb=1.0,
-    train_wordpiece=True,
+    subword_mb=0.5,
+    subword_vocab_size=4000,
 )
 GPU = dict(
     # Scale comes from the hub: the classic 32k vocabulary on a large Chinese corpus.
@@ -31,7 +33,8 @@ GPU = dict(
     vocab_size=32000,
     sweep_vocab_sizes=(4000, 8000, 16000, 32000, 64000),
     encode_mb=20.0,
-    train_wordpiece=True,
+    subword_mb=5.0,
+    subword_vocab_size=32000,
     hub_dataset_zh="pleisto/wikipedia-cn-20230720-filtered",
 )
 
@@ -45,7 +48,8 @@ class TokenizationConfig(ChapterConfig):
     sweep_vocab_sizes: tuple[int, ...] = CPU["sweep_vocab_sizes"]  # x axis of bytes-per-token plot
     heldout_fraction: float = 0.1  # documents kept out of training to measure compression honestly
     encode_mb: float = CPU["encode_mb"]  # MB encoded when timing the encoders
-    train_wordpiece: bool = True  # WordPiece/Unigram training is the slowest part of the chapter
+    subword_mb: float = CPU["subword_mb"]  # MB of English for WordPiece/Unigram (pure-Python EM is slow); 0 skips
+    subword_vocab_size: int = CPU["subword_vocab_size"]  # vocabulary of the WordPiece/Unigram/BPE comparison
     hub_dataset_zh: str | None = None  # gpu profile: a hub dataset with a `text` column (needs network)
 
     def validate(self) -> None:
@@ -65,3 +69,5 @@ class TokenizationConfig(ChapterConfig):
         self.check(self.train_mb_zh >= 0, "train_mb_zh", "must be zero or positive")
         self.check(0 < self.heldout_fraction < 0.5, "heldout_fraction", "must be in (0, 0.5)")
         self.check(self.encode_mb > 0, "encode_mb", "must be positive")
+        self.check(self.subword_mb >= 0, "subword_mb", "must be zero (skip) or positive")
+        self.check(self.subword_vocab_size >= minimum, "subword_vocab_size", f"must be at least {minimum}")

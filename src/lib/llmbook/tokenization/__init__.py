@@ -23,3 +23,5 @@ from .published import (
     load_published_ranks,
 )
 from .export import export_pretrained, export_tokenizer_json, to_hf_tokenizer
+from .unigram import UnigramTokenizer, UnigramTrainConfig, train_unigram
+from .wordpiece import WordPieceTokenizer, train_wordpiece

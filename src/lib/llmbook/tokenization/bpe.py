@@ -64,19 +64,31 @@ def visible_to_bytes(s: str) -> bytes:
 def apply_ranks(parts: list[T], ranks: Mapping[T, int], max_rank: int | None = None) -> list[T]:
     """Merge adjacent parts, lowest-rank concatenation first, until none is in `ranks` (tiktoken).
 
-    `max_rank` (exclusive) restricts merges to older tokens; used to recover a token's merge pair.
+    `pair_ranks[i]` is the rank of parts[i] + parts[i+1]; after a merge only its two neighbours
+    are looked up again. The leftmost of equal ranks merges first. `max_rank` (exclusive)
+    restricts merges to older tokens; used to recover a token's merge pair.
     """
-    while len(parts) > 1:
-        best_rank, best_i = None, -1
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and (best_rank is None or r < best_rank):
-                if max_rank is None or r < max_rank:
-                    best_rank, best_i = r, i
-        if best_rank is None:
+    get = ranks.get
+    if max_rank is not None:
+        whole = parts[0][:0].join(parts)  # only substrings of the text can ever be looked up
+        subs = (whole[i:j] for i in range(len(whole)) for j in range(i + 1, len(whole) + 1))
+        get = {t: r for t in subs if (r := ranks.get(t, _NO_RANK)) < max_rank}.get
+    pair_ranks = [get(parts[i] + parts[i + 1], _NO_RANK) for i in range(len(parts) - 1)]
+    while pair_ranks:
+        best = min(pair_ranks)
+        if best == _NO_RANK:
             break
-        parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+        i = pair_ranks.index(best)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        del pair_ranks[i]
+        if i < len(pair_ranks):
+            pair_ranks[i] = get(parts[i] + parts[i + 1], _NO_RANK)
+        if i > 0:
+            pair_ranks[i - 1] = get(parts[i - 1] + parts[i], _NO_RANK)
     return parts
+
+
+_NO_RANK = 1 << 62
 
 
 def _merge_word(word: Sequence[int], a: int, b: int, new: int) -> list[int]:
@@ -91,6 +103,60 @@ def _merge_word(word: Sequence[int], a: int, b: int, new: int) -> list[int]:
             out.append(word[i])
             i += 1
     return out
+
+
+def _merge_in_word(
+    words: list[list[int]],
+    wi: int,
+    f: int,
+    a: int,
+    b: int,
+    new: int,
+    delta: dict[tuple[int, int], int],
+    where: dict[tuple[int, int], set[int]],
+) -> None:
+    """Merge (a, b) -> new in words[wi] and record only the pair-count changes next to each merge.
+
+    For an occurrence at i: (w[i-1], a) and (b, w[i+2]) disappear, (w[i-1], new) and
+    (new, w[i+2]) appear (a neighbour that is itself a fresh merge is counted once).
+    """
+    w = words[wi]
+    n = len(w)
+    out: list[int] = []
+    merged_at: list[int] = []
+    i = last = 0
+    while True:
+        try:
+            i = w.index(a, i)
+        except ValueError:
+            break
+        if i + 1 >= n:
+            break
+        if w[i + 1] != b:
+            i += 1
+            continue
+        if i > 0 and (not merged_at or last != i):  # left neighbour not consumed by the previous merge
+            delta[(w[i - 1], a)] -= f
+        if i + 2 < n:
+            delta[(b, w[i + 2])] -= f
+        out.extend(w[last:i])
+        merged_at.append(len(out))
+        out.append(new)
+        i = last = i + 2
+    if not merged_at:
+        return
+    out.extend(w[last:])
+    m = len(out)
+    for j in merged_at:
+        if j > 0 and out[j - 1] != new:
+            p = (out[j - 1], new)
+            delta[p] += f
+            where[p].add(wi)
+        if j + 1 < m:
+            p = (new, out[j + 1])
+            delta[p] += f
+            where[p].add(wi)
+    words[wi] = out
 
 
 def train_merges(
@@ -130,21 +196,9 @@ def train_merges(
         merges.append(pair)
         bar.update(1)
         delta: dict[tuple[int, int], int] = defaultdict(int)
-        for wi in where.pop(pair):
-            w, f = words[wi], freqs[wi]
-            nw = _merge_word(w, a, b, new)
-            old_pairs = set(zip(w, w[1:]))
-            new_pairs = set(zip(nw, nw[1:]))
-            for p in zip(w, w[1:]):
-                delta[p] -= f
-            for p in zip(nw, nw[1:]):
-                delta[p] += f
-            for p in old_pairs - new_pairs:
-                if p != pair:
-                    where[p].discard(wi)
-            for p in new_pairs - old_pairs:
-                where[p].add(wi)
-            words[wi] = nw
+        for wi in where.pop(pair):  # may hold stale indices: those words no longer have the pair
+            _merge_in_word(words, wi, freqs[wi], a, b, new, delta, where)
+        delta.pop(pair, None)
         for p, d in delta.items():
             if d:
                 c = counts[p] + d
@@ -247,6 +301,23 @@ class ByteBPETokenizer:
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Decode ids to text; bytes that are not valid UTF-8 on their own become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def truncated(self, vocab_size: int) -> ByteBPETokenizer:
+        """This tokenizer cut to `vocab_size` ids, special tokens kept at the end (vocabularies nest).
+
+        Training with fewer merges stops earlier on the same merge sequence, so this equals a
+        tokenizer trained at `vocab_size` with the same special tokens.
+        """
+        n_special = len(self.special_tokens)
+        n_ordinary = vocab_size - n_special
+        if not 256 <= n_ordinary <= len(self.ranks):
+            raise ValueError(
+                f"vocab_size must be in [{256 + n_special}, {len(self.ranks) + n_special}], got {vocab_size!r}"
+            )
+        ranks = {b: i for b, i in self.ranks.items() if i < n_ordinary}
+        specials = {s: n_ordinary + k for k, s in enumerate(sorted(self.special_tokens, key=self.special_tokens.get))}
+        merges = self._merges[: n_ordinary - 256] if self._merges is not None else None
+        return ByteBPETokenizer(ranks, specials, self.pattern, merges)
 
     # -- interop --------------------------------------------------------------------------
     def to_tiktoken(self, name: str = "llmbook"):

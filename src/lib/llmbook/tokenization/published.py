@@ -11,12 +11,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+
+from llmbook.artifacts import cache_dir
+from llmbook.data.corpora import data_dir
 
 from .bpe import ByteBPETokenizer
 from .pretokenize import CL100K_PATTERN, GPT2_PATTERN, O200K_PATTERN
@@ -53,20 +55,14 @@ PUBLISHED: dict[str, tuple[str, str, dict[str, int], str]] = {
 }
 
 
-def repo_root() -> Path:
-    """The checkout root (holds `data/`), found from this file's location."""
-    return Path(__file__).resolve().parents[4]
-
-
 def bundled_vocabulary_dir() -> Path:
     """`data/vocabularies/` of the checkout (GPT-2 ranks)."""
-    return repo_root() / "data" / "vocabularies"
+    return data_dir() / "vocabularies"
 
 
 def default_cache_dir() -> Path:
-    """Where fetched vocabularies go: `$LLMBOOK_CACHE/published` (default `./.cache/llmbook`)."""
-    base = os.environ.get("LLMBOOK_CACHE") or str(Path.cwd() / ".cache" / "llmbook")
-    return Path(base) / "published"
+    """Where fetched vocabularies go: `published/` in the artifact cache."""
+    return cache_dir() / "published"
 
 
 def read_tiktoken_file(path: str | Path) -> dict[bytes, int]:

@@ -1,0 +1,39 @@
+"""The book's LLaMA-style decoder, its MoE variant and conversion to/from ``transformers``."""
+
+from llmbook.model.convert import (
+    from_hf,
+    from_hf_config,
+    from_pretrained,
+    key_map,
+    save_pretrained,
+    to_hf,
+    to_hf_config,
+    to_hf_state_dict,
+)
+from llmbook.model.layers import FeedForward, RMSNorm, rms_norm
+from llmbook.model.llama import DecoderBlock, DecoderLM, ModelConfig, ModelOutput, causal_lm_loss, generate_greedy
+from llmbook.model.moe import MoEConfig, MoEFeedForward, load_balancing_loss, route
+
+__all__ = [
+    "DecoderBlock",
+    "DecoderLM",
+    "FeedForward",
+    "MoEConfig",
+    "MoEFeedForward",
+    "ModelConfig",
+    "ModelOutput",
+    "RMSNorm",
+    "causal_lm_loss",
+    "from_hf",
+    "from_hf_config",
+    "from_pretrained",
+    "generate_greedy",
+    "key_map",
+    "load_balancing_loss",
+    "rms_norm",
+    "route",
+    "save_pretrained",
+    "to_hf",
+    "to_hf_config",
+    "to_hf_state_dict",
+]

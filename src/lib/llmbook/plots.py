@@ -1,0 +1,56 @@
+"""The book's plotting helpers (the only library module that draws): labelled axes, units, one style.
+
+Chapters compute data with the library and draw it with these, so every figure of the book has
+the same look and carries its units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def lines(
+    data: Any,
+    *,
+    x: str,
+    y: str,
+    hue: str,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    ax: Any = None,
+    logx: bool = False,
+    reference_lines: Mapping[str, float] | None = None,
+) -> Any:
+    """One line per value of `hue` over a long-format DataFrame; optional horizontal reference lines."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, group in data.groupby(hue, sort=False):
+        group = group.sort_values(x)
+        ax.plot(group[x], group[y], marker="o", label=str(name))
+    for name, value in (reference_lines or {}).items():
+        ax.axhline(value, linestyle="--", linewidth=1, color="gray")
+        ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8, color="gray")
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def bars(data: Mapping[str, float], *, xlabel: str, ylabel: str, title: str, ax: Any = None) -> Any:
+    """A labelled bar chart of name -> value, values written on the bars."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 3.6))
+    names, values = list(data), list(data.values())
+    drawn = ax.bar(names, values, color="tab:blue")
+    ax.bar_label(drawn, fmt="%.3g", fontsize=8)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
