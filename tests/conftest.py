@@ -8,10 +8,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The tests never touch the network; matplotlib draws off screen.
+# The tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def write_notebook(path: Path, parameters: str, *cells: str) -> Path:

@@ -117,7 +117,7 @@ def test_cli_rejects_unknown_profile_and_chapter(repo: Path, capsys: pytest.Capt
 def test_profile_resolution_types_and_overrides() -> None:
     config = profiles.resolve("tokenization", "smoke", vocab_size=1000, train_mb_en=1)
     assert config.vocab_size == 1000 and config.train_mb_en == 1.0 and isinstance(config.train_mb_en, float)
-    assert profiles.resolve("tokenization", "smoke", vocab_size=None).vocab_size == 512  # None = preset
+    assert profiles.resolve("tokenization", "smoke", vocab_size=None).vocab_size == profiles.spec("tokenization").presets["smoke"]["vocab_size"]  # None = preset
     assert profiles.parse_value("tokenization", "sweep_vocab_sizes", "[300, 400]") == (300, 400)
     assert profiles.parse_value("tokenization", "hub_dataset_zh", "None") is None
     with pytest.raises(profiles.ParameterError, match="no profile 'laptop'"):

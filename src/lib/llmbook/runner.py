@@ -160,7 +160,12 @@ def run_chapter(
     parameters = {"profile": config.profile, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     record = {"hash": run_hash(chapter, config), "profile": config.profile, "parameters": parameters}
     started = time.perf_counter()
-    env = {"LLMBOOK_RUNS_DIR": str(paths.runs_dir), "LLMBOOK_CACHE": str(paths.cache_dir)}
+    env = {
+        "LLMBOOK_RUNS_DIR": str(paths.runs_dir),
+        "LLMBOOK_CACHE": str(paths.cache_dir),
+        # Figures go into the notebook, whatever backend the caller's environment names.
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
     try:
         with _environment(env):
             papermill.execute_notebook(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -105,60 +106,6 @@ def _merge_word(word: Sequence[int], a: int, b: int, new: int) -> list[int]:
     return out
 
 
-def _merge_in_word(
-    words: list[list[int]],
-    wi: int,
-    f: int,
-    a: int,
-    b: int,
-    new: int,
-    delta: dict[tuple[int, int], int],
-    where: dict[tuple[int, int], set[int]],
-) -> None:
-    """Merge (a, b) -> new in words[wi] and record only the pair-count changes next to each merge.
-
-    For an occurrence at i: (w[i-1], a) and (b, w[i+2]) disappear, (w[i-1], new) and
-    (new, w[i+2]) appear (a neighbour that is itself a fresh merge is counted once).
-    """
-    w = words[wi]
-    n = len(w)
-    out: list[int] = []
-    merged_at: list[int] = []
-    i = last = 0
-    while True:
-        try:
-            i = w.index(a, i)
-        except ValueError:
-            break
-        if i + 1 >= n:
-            break
-        if w[i + 1] != b:
-            i += 1
-            continue
-        if i > 0 and (not merged_at or last != i):  # left neighbour not consumed by the previous merge
-            delta[(w[i - 1], a)] -= f
-        if i + 2 < n:
-            delta[(b, w[i + 2])] -= f
-        out.extend(w[last:i])
-        merged_at.append(len(out))
-        out.append(new)
-        i = last = i + 2
-    if not merged_at:
-        return
-    out.extend(w[last:])
-    m = len(out)
-    for j in merged_at:
-        if j > 0 and out[j - 1] != new:
-            p = (out[j - 1], new)
-            delta[p] += f
-            where[p].add(wi)
-        if j + 1 < m:
-            p = (new, out[j + 1])
-            delta[p] += f
-            where[p].add(wi)
-    words[wi] = out
-
-
 def train_merges(
     words: list[list[int]],
     freqs: list[int],
@@ -166,17 +113,26 @@ def train_merges(
     num_merges: int,
     progress: bool = False,
 ) -> list[tuple[int, int]]:
-    """Learn up to `num_merges` BPE merges over `words` (lists of ids into `pieces`), in place.
+    """Learn up to `num_merges` BPE merges over `words` (lists of ids into `pieces`).
 
     `pieces[i]` is token i's surface (bytes or str); each merge appends the new token to `pieces`
-    and returns the merge list [(left id, right id), ...] in rank order.
+    and returns the merge list [(left id, right id), ...] in rank order. `words` is not modified.
+
+    Inside, a word is a str with one character per token id (`chr(id)`), so finding a pair in a
+    word is `str.find` and merging it everywhere is `str.replace` (left to right, non-overlapping,
+    exactly `_merge_word`), both in C. A pair is its 2-character string; comparing two of them
+    compares (left id, right id), so the heap's tie-break is the documented one.
     """
-    counts: dict[tuple[int, int], int] = defaultdict(int)
-    where: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for wi, (w, f) in enumerate(zip(words, freqs)):
-        for p in zip(w, w[1:]):
+    if len(pieces) + num_merges > sys.maxunicode + 1:
+        raise ValueError(f"num_merges must keep ids <= {sys.maxunicode}, got {num_merges!r}")
+    ws = ["".join(map(chr, w)) for w in words]
+    counts: dict[str, int] = defaultdict(int)
+    where: dict[str, list[int]] = defaultdict(list)  # pair -> words that may hold it (stale/duplicate ok)
+    for wi, (w, f) in enumerate(zip(ws, freqs)):
+        for i in range(len(w) - 1):
+            p = w[i : i + 2]
             counts[p] += f
-            where[p].add(wi)
+            where[p].append(wi)
     heap = [(-c, p) for p, c in counts.items()]
     heapq.heapify(heap)
     known = set(pieces)
@@ -186,21 +142,47 @@ def train_merges(
         neg, pair = heapq.heappop(heap)
         if counts.get(pair, 0) != -neg or neg == 0:
             continue  # stale entry: the count changed after it was pushed
-        a, b = pair
+        a, b = ord(pair[0]), ord(pair[1])
         surface = pieces[a] + pieces[b]
         if surface in known:
             continue  # same bytes reachable by another split: keep tokens unique
-        new = len(pieces)
+        new = chr(len(pieces))
         pieces.append(surface)
         known.add(surface)
-        merges.append(pair)
+        merges.append((a, b))
         bar.update(1)
-        delta: dict[tuple[int, int], int] = defaultdict(int)
-        for wi in where.pop(pair):  # may hold stale indices: those words no longer have the pair
-            _merge_in_word(words, wi, freqs[wi], a, b, new, delta, where)
+        # Pair-count changes, gathered over all words, then applied once per pair.
+        delta: dict[str, int] = defaultdict(int)
+        for wi in where.pop(pair):
+            w = ws[wi]
+            i = w.find(pair)
+            if i < 0:
+                continue  # stale or repeated index: this word no longer has the pair
+            f = freqs[wi]
+            ws[wi] = out = w.replace(pair, new)
+            if w.find(pair, i + 2) < 0:
+                # One occurrence (the common case): only the pairs next to it change,
+                # x a b y -> x new y: (x, a) and (b, y) go, (x, new) and (new, y) come.
+                if i > 0:
+                    delta[w[i - 1] + pair[0]] -= f
+                    p = w[i - 1] + new
+                    delta[p] += f
+                    where[p].append(wi)
+                if i + 2 < len(w):
+                    delta[pair[1] + w[i + 2]] -= f
+                    p = new + w[i + 2]
+                    delta[p] += f
+                    where[p].append(wi)
+            else:  # several (maybe touching) occurrences: recount this word's pairs
+                for j in range(len(w) - 1):
+                    delta[w[j : j + 2]] -= f
+                for j in range(len(out) - 1):
+                    p = out[j : j + 2]
+                    delta[p] += f
+                    where[p].append(wi)
         delta.pop(pair, None)
         for p, d in delta.items():
-            if d:
+            if d:  # unchanged pairs keep their heap entry
                 c = counts[p] + d
                 counts[p] = c
                 if c > 0:
