@@ -125,6 +125,8 @@ def test_save_pretrained_loads_in_transformers_and_generates_same(tmp_path):
     with torch.no_grad():
         diff = mad(back(prompt).logits, model(prompt).logits)
     assert diff < 1e-6, f"max_abs_diff={diff}"
+    model.save_pretrained(tmp_path / "m")  # method form, round trip
+    assert DecoderLM.from_pretrained(tmp_path / "m").cfg.d_model == 64
 
 
 def test_non_llama_configs_refuse_conversion():

@@ -28,9 +28,11 @@ def lines(
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6.4, 4.0))
-    for name, group in data.groupby(hue, sort=False):
+    styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]  # lines that coincide stay visible
+    for index, (name, group) in enumerate(data.groupby(hue, sort=False)):
         group = group.sort_values(x)
-        ax.plot(group[x], group[y], marker="o", label=str(name))
+        marker, linestyle = styles[index % len(styles)]
+        ax.plot(group[x], group[y], marker=marker, linestyle=linestyle, label=str(name), alpha=0.85)
     for name, value in (reference_lines or {}).items():
         ax.axhline(value, linestyle="--", linewidth=1, color="gray")
         ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8, color="gray")

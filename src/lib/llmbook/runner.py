@@ -165,6 +165,8 @@ def run_chapter(
         "LLMBOOK_CACHE": str(paths.cache_dir),
         # Figures go into the notebook, whatever backend the caller's environment names.
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        # A progress bar redraws as a new output line in a saved notebook: at most one a minute.
+        "TQDM_MININTERVAL": "60",
     }
     try:
         with _environment(env):

@@ -3,7 +3,9 @@
 Multinomial naive Bayes (as in langid.py, Lui & Baldwin 2012; fastText's lid is the linear
 cousin, arXiv:1612.03651): argmax_c log P(c) + sum_g count(g) log P(g | c), with
 P(g | c) = (count_c(g) + alpha) / (sum_g' count_c(g') + alpha V) over hashed character
-1-3-grams (V buckets). The fast path decides by script alone when a text is clearly CJK
+1-3-grams (V buckets); as in langid.py, only n-grams seen in training are scored (an unseen
+n-gram's smoothed probability is highest for the class with the fewest counts, which would bias
+long texts towards it). The fast path decides by script alone when a text is clearly CJK
 or clearly Latin, which covers most web text at almost no cost.
 """
 
@@ -55,6 +57,7 @@ class NaiveBayesLangId:
         self.labels: list[str] = []
         self.log_prior = np.zeros(0)
         self.log_prob = np.zeros((0, self.cfg.n_buckets))  # (classes, V)
+        self.seen = np.zeros(self.cfg.n_buckets, bool)  # (V,) buckets with any training count
 
     def fit(self, texts: Sequence[str], labels: Sequence[str]) -> "NaiveBayesLangId":
         if len(texts) != len(labels) or not texts:
@@ -67,20 +70,25 @@ class NaiveBayesLangId:
             counts[c, idx] += 1.0
             prior[c] += 1
         self.log_prior = np.log(prior / prior.sum())
+        self.seen = counts.sum(axis=0) > 0  # (V,) buckets seen in training; others carry no evidence
         sm = counts + self.cfg.alpha
         self.log_prob = np.log(sm / sm.sum(axis=1, keepdims=True))
         return self
 
-    def predict(self, texts: Sequence[str], fast_path: bool = True) -> list[str]:
-        """Language label per text (script fast path first when ``fast_path``)."""
+    def predict(self, texts: Sequence[str], fast_path: bool = True, fast_scripts: Sequence[str] = ("zh", "en")) -> list[str]:
+        """Language label per text (script fast path first when ``fast_path``, trusted only for ``fast_scripts``).
+
+        ``fast_scripts=("zh",)`` sends Latin-script text to the model: code is Latin script too.
+        """
         if not self.labels:
             raise ValueError("model is not fitted: call fit first")
         out = []
         for t, (idx, _) in zip(texts, hashed_features(list(texts), self.cfg.ngrams, self.cfg.n_buckets)):
             guess = script_guess(t) if fast_path else None
-            if guess in self.labels:
+            if guess in self.labels and guess in fast_scripts:
                 out.append(guess)
                 continue
+            idx = idx[self.seen[idx]]  # unseen n-grams would favour the class with the fewest training counts
             scores = self.log_prior + self.log_prob[:, idx].sum(axis=1)
             out.append(self.labels[int(np.argmax(scores))])
         return out
@@ -96,11 +104,17 @@ def per_language_scores(gold: Sequence[str], pred: Sequence[str]) -> dict[str, d
     return res
 
 
-def langid_stage(model: NaiveBayesLangId, keep: Sequence[str] = ("en", "zh"), name: str = "langid") -> Stage:
-    """Label ``meta["lang"]``; drop other languages as ``"lang:<label>"``."""
+def langid_stage(
+    model: NaiveBayesLangId,
+    keep: Sequence[str] = ("en", "zh"),
+    name: str = "langid",
+    fast_path: bool = True,
+    fast_scripts: Sequence[str] = ("zh", "en"),
+) -> Stage:
+    """Label ``meta["lang"]``; drop other languages as ``"lang:<label>"`` (see ``NaiveBayesLangId.predict``)."""
 
     def fn(doc: Doc) -> Doc | str:
-        lab = model.predict([doc["text"]])[0]
+        lab = model.predict([doc["text"]], fast_path=fast_path, fast_scripts=fast_scripts)[0]
         if lab not in keep:
             return f"lang:{lab}"
         return {**doc, "meta": {**doc.get("meta", {}), "lang": lab}}

@@ -233,6 +233,16 @@ _GENERATORS = {
 }
 
 
+def random_pii_sentence(r: random.Random, typ: str | None = None) -> tuple[str, str, str]:
+    """A generated PII item in a sentence: ``(sentence, type, value)``; ``value`` occurs in ``sentence``."""
+    if typ is not None and typ not in _GENERATORS:
+        raise ValueError(f"typ must be one of {sorted(_GENERATORS)} or None, got {typ!r}")
+    typ = typ or r.choice(list(_GENERATORS))
+    gen, templates = _GENERATORS[typ]
+    value = gen(r)
+    return r.choice(templates).format(value), typ, value
+
+
 def _hard_negative(r: random.Random) -> str:
     """Look-alikes that must NOT be flagged: versions, dates, ISBNs, order ids, bad checksums."""
     k = r.randrange(9)

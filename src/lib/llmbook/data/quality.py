@@ -201,13 +201,18 @@ def bad_word_count(text: str, en: frozenset[str] = BAD_WORDS_EN, zh: tuple[str, 
     return sum(1 for w in re.findall(r"[a-z]+", text.lower()) if w in en) + sum(text.count(z) for z in zh)
 
 
-def bad_word_stage(max_count: int = 0, name: str = "bad_words") -> Stage:
+def bad_word_stage(
+    max_count: int = 0,
+    name: str = "bad_words",
+    en: frozenset[str] = BAD_WORDS_EN,
+    zh: tuple[str, ...] = BAD_WORDS_ZH,
+) -> Stage:
     """Drop documents with more than ``max_count`` list words (C4: ``max_count=0``) as ``"bad_words"``."""
     if max_count < 0:
         raise ValueError(f"max_count must be >= 0, got {max_count}")
 
     def fn(doc: Doc) -> Doc | str:
-        return "bad_words" if bad_word_count(doc["text"]) > max_count else doc
+        return "bad_words" if bad_word_count(doc["text"], en, zh) > max_count else doc
 
     return Stage(name=name, fn=fn)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -75,6 +76,8 @@ class ModelConfig:
         kv = self.n_kv_heads or self.n_heads
         if self.n_heads % kv != 0:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")
+        if self.pos_encoding == "alibi" and self.attn_impl == "tiled":
+            raise ValueError("attn_impl='tiled' takes no dense bias; use 'eager' or 'sdpa' with pos_encoding='alibi'")
         if self.pos_encoding == "sinusoidal" and self.d_model % 2 != 0:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
 
@@ -185,6 +188,19 @@ class DecoderLM(nn.Module):
                 nn.init.normal_(module.weight, 0.0, std)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """HF Llama checkpoint (config.json + model.safetensors); see :func:`llmbook.model.convert.save_pretrained`."""
+        from llmbook.model.convert import save_pretrained
+
+        return save_pretrained(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides: object) -> DecoderLM:
+        """Load a HF Llama checkpoint directory; see :func:`llmbook.model.convert.from_pretrained`."""
+        from llmbook.model.convert import from_pretrained
+
+        return from_pretrained(path, **overrides)
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -167,3 +167,5 @@ def _type_name(annotation: Any) -> str:
 
 # Chapter configs register themselves on import.
 from llmbook.profiles import tokenization as _tokenization  # noqa: E402,F401
+from llmbook.profiles import attention as _attention  # noqa: E402,F401
+from llmbook.profiles import pretraining_data as _pretraining_data  # noqa: E402,F401

@@ -126,13 +126,13 @@ def train_merges(
     if len(pieces) + num_merges > sys.maxunicode + 1:
         raise ValueError(f"num_merges must keep ids <= {sys.maxunicode}, got {num_merges!r}")
     ws = ["".join(map(chr, w)) for w in words]
-    counts: dict[str, int] = defaultdict(int)
-    where: dict[str, list[int]] = defaultdict(list)  # pair -> words that may hold it (stale/duplicate ok)
-    for wi, (w, f) in enumerate(zip(ws, freqs)):
-        for i in range(len(w) - 1):
-            p = w[i : i + 2]
-            counts[p] += f
+    freq = freqs.__getitem__
+    # where[pair]: the words that may hold the pair, once per occurrence (stale entries are fine).
+    where: dict[str, list[int]] = defaultdict(list)
+    for wi, w in enumerate(ws):
+        for p in map(str.__add__, w, w[1:]):
             where[p].append(wi)
+    counts = {p: sum(map(freq, wis)) for p, wis in where.items()}
     heap = [(-c, p) for p, c in counts.items()]
     heapq.heapify(heap)
     known = set(pieces)
@@ -142,7 +142,8 @@ def train_merges(
         neg, pair = heapq.heappop(heap)
         if counts.get(pair, 0) != -neg or neg == 0:
             continue  # stale entry: the count changed after it was pushed
-        a, b = ord(pair[0]), ord(pair[1])
+        ca, cb = pair
+        a, b = ord(ca), ord(cb)
         surface = pieces[a] + pieces[b]
         if surface in known:
             continue  # same bytes reachable by another split: keep tokens unique
@@ -151,39 +152,44 @@ def train_merges(
         known.add(surface)
         merges.append((a, b))
         bar.update(1)
-        # Pair-count changes, gathered over all words, then applied once per pair.
-        delta: dict[str, int] = defaultdict(int)
+        delta: dict[str, int] = defaultdict(int)  # pair-count changes from this merge
+        # One occurrence in a word (the common case): x a b y -> x new y, so only (x, a) and
+        # (b, y) go and (x, new) and (new, y) come. Group the words by x and by y, and do the
+        # counting once per neighbour, not once per word.
+        lefts: dict[str, list[int]] = defaultdict(list)
+        rights: dict[str, list[int]] = defaultdict(list)
         for wi in where.pop(pair):
             w = ws[wi]
             i = w.find(pair)
             if i < 0:
                 continue  # stale or repeated index: this word no longer has the pair
-            f = freqs[wi]
             ws[wi] = out = w.replace(pair, new)
-            if w.find(pair, i + 2) < 0:
-                # One occurrence (the common case): only the pairs next to it change,
-                # x a b y -> x new y: (x, a) and (b, y) go, (x, new) and (new, y) come.
-                if i > 0:
-                    delta[w[i - 1] + pair[0]] -= f
-                    p = w[i - 1] + new
-                    delta[p] += f
-                    where[p].append(wi)
-                if i + 2 < len(w):
-                    delta[pair[1] + w[i + 2]] -= f
-                    p = new + w[i + 2]
-                    delta[p] += f
-                    where[p].append(wi)
+            if len(out) == len(w) - 1:
+                if i:
+                    lefts[w[i - 1]].append(wi)
+                if i + 1 < len(out):
+                    rights[out[i + 1]].append(wi)
             else:  # several (maybe touching) occurrences: recount this word's pairs
-                for j in range(len(w) - 1):
-                    delta[w[j : j + 2]] -= f
-                for j in range(len(out) - 1):
-                    p = out[j : j + 2]
+                f = freqs[wi]
+                for p in map(str.__add__, w, w[1:]):
+                    delta[p] -= f
+                for p in map(str.__add__, out, out[1:]):
                     delta[p] += f
                     where[p].append(wi)
+        for x, wis in lefts.items():
+            f = sum(map(freq, wis))
+            delta[x + ca] -= f
+            delta[x + new] += f
+            where[x + new] += wis
+        for y, wis in rights.items():
+            f = sum(map(freq, wis))
+            delta[cb + y] -= f
+            delta[new + y] += f
+            where[new + y] += wis
         delta.pop(pair, None)
         for p, d in delta.items():
             if d:  # unchanged pairs keep their heap entry
-                c = counts[p] + d
+                c = counts.get(p, 0) + d
                 counts[p] = c
                 if c > 0:
                     heapq.heappush(heap, (-c, p))

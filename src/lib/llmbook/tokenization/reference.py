@@ -90,11 +90,13 @@ def train_sentencepiece(text: str, vocab_size: int, model_type: str = "unigram")
             minloglevel=2,
         )
     except RuntimeError as error:
-        if "smaller than required_chars" not in str(error):
-            raise
-        # Its alphabet holds every covered character plus 256 byte pieces before any merge.
-        raise ValueError(
-            f"sentencepiece cannot build {vocab_size} pieces from this text: its alphabet alone "
-            "(covered characters + 256 byte-fallback pieces) is larger"
-        ) from None
+        if "smaller than required_chars" in str(error):
+            # Its alphabet holds every covered character plus 256 byte pieces before any merge.
+            raise ValueError(
+                f"sentencepiece cannot build only {vocab_size} pieces from this text: its alphabet alone "
+                "(covered characters + 256 byte-fallback pieces) is larger"
+            ) from None
+        if "Vocabulary size too high" in str(error):
+            raise ValueError(f"sentencepiece finds fewer than {vocab_size} pieces in this text: train on more text") from None
+        raise
     return spm.SentencePieceProcessor(model_proto=model.getvalue())

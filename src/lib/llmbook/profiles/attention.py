@@ -1,0 +1,1 @@
+"""Profile of the attention chapter (filled in with the chapter)."""
