@@ -18,6 +18,15 @@ def site(smoke_book: runner.BookPaths) -> Path:
     return smoke_book.html_dir
 
 
+def test_table_of_contents_lists_exactly_the_chapters(repo: Path) -> None:
+    import yaml
+
+    toc = yaml.safe_load((repo / "_toc.yml").read_text())
+    listed = [entry["file"] for part in toc["parts"] for entry in part["chapters"] if "chapters/" in entry["file"]]
+    chapters = [f"book/chapters/{c.stem}" for c in runner.discover(runner.BookPaths.at(repo))]
+    assert listed == chapters, "keep _toc.yml in step with chapters/"
+
+
 def test_every_chapter_has_a_page_and_a_download(site: Path, smoke_book: runner.BookPaths) -> None:
     assert (site / "index.html").exists()
     assert (site / "book" / "setup.html").exists()

@@ -165,3 +165,20 @@ def test_report_record_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         run.record("loss", float("nan"), glue=False)
     saved = json.loads((tmp_path / "toy" / "smoke" / "metrics.json").read_text())
     assert saved["metrics"] == {"ratio": 0.5} and saved["config"]["profile"] == "smoke"
+
+
+def test_cli_list_run_and_export(book: runner.BookPaths, capsys: pytest.CaptureFixture[str]) -> None:
+    root = str(book.site_root)
+    assert cli.main(["--root", root, "list", "--profile", "smoke"]) == 0
+    assert "01_toy" in (listing := capsys.readouterr().out) and "never run" in listing
+    assert cli.main(["--root", root, "run", "toy", "--profile", "smoke"]) == 0
+    assert "executed in" in capsys.readouterr().out
+    assert cli.main(["--root", root, "run", "1", "--profile", "smoke"]) == 0
+    assert "fresh, not executed again" in capsys.readouterr().out
+    cli.main(["--root", root, "list", "--profile", "smoke"])
+    assert "01_toy" in (listing := capsys.readouterr().out) and "fresh" in listing
+    out = book.site_root / "exports"
+    assert cli.main(["--root", root, "export", "toy", "--to", "script", "--output-dir", str(out)]) == 0
+    assert "report.record" in (out / "01_toy.py").read_text()
+    assert cli.main(["--root", root, "export", "broken", "--output-dir", str(out)]) == 1
+    assert "run `llmbook run broken` first" in capsys.readouterr().err

@@ -58,6 +58,7 @@ class PretrainingDataConfig(ChapterConfig):
     ngram_order: int = 4  # order of the byte n-gram LMs standing in for small language models
     selection_fracs: tuple[float, ...] = CPU["selection_fracs"]  # budgets as fractions of the candidate pool's bytes
     proxy_budget_mb: float = CPU["proxy_budget_mb"]  # training bytes of each proxy model in the mixture search
+    selection_target: str = "austen"  # bundled source whose reference documents define "good" text for selection
     # tokenization
     tokenizer_profile: str = CPU["tokenizer_profile"]  # which tokenization profile's book tokenizer encodes the corpus
 
@@ -82,4 +83,6 @@ class PretrainingDataConfig(ChapterConfig):
         self.check(len(self.selection_fracs) >= 1 and all(0 < f <= 1 for f in self.selection_fracs),
                    "selection_fracs", "needs one or more fractions in (0, 1]")
         self.check(self.proxy_budget_mb > 0, "proxy_budget_mb", "must be positive")
+        sources = ("austen", "moby_dick", "chinese_classics", "tang_song_poetry")
+        self.check(self.selection_target in sources, "selection_target", f"must be one of {sources}")
         self.check(self.tokenizer_profile in PROFILES, "tokenizer_profile", f"must be one of {PROFILES}")

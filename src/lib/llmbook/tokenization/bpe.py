@@ -23,6 +23,7 @@ import heapq
 import json
 import sys
 from collections import defaultdict
+from itertools import chain
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from .pretokenize import GPT2_PATTERN, compile_pattern, count_words, split_special
 
 T = TypeVar("T", bytes, str)
+_CACHE_WORDS = 500_000  # word cache size limit of the byte-level encoder
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -92,6 +94,28 @@ def apply_ranks(parts: list[T], ranks: Mapping[T, int], max_rank: int | None = N
 _NO_RANK = 1 << 62
 
 
+def encode_bytes(word: bytes, ranks: Mapping[bytes, int]) -> list[int]:
+    """`apply_ranks` on the single bytes of `word`, returning ids: the encoder's hot loop.
+
+    Same merges as `apply_ranks`, but parts are kept as start offsets into `word` (a merge deletes
+    one offset) and each candidate is a slice of `word`, as tiktoken does it.
+    """
+    get = ranks.get
+    starts = list(range(len(word) + 1))  # part k is word[starts[k]:starts[k + 1]]
+    pair_ranks = [get(word[i : i + 2], _NO_RANK) for i in range(len(word) - 1)]
+    while pair_ranks:
+        best = min(pair_ranks)
+        if best == _NO_RANK:
+            break
+        i = pair_ranks.index(best)
+        del starts[i + 1], pair_ranks[i]
+        if i < len(pair_ranks):
+            pair_ranks[i] = get(word[starts[i] : starts[i + 2]], _NO_RANK)
+        if i:
+            pair_ranks[i - 1] = get(word[starts[i - 1] : starts[i + 1]], _NO_RANK)
+    return [ranks[word[s:e]] for s, e in zip(starts, starts[1:])]
+
+
 def _merge_word(word: Sequence[int], a: int, b: int, new: int) -> list[int]:
     """Replace every non-overlapping (a, b) in `word`, left to right, with `new`."""
     out: list[int] = []
@@ -133,6 +157,9 @@ def train_merges(
         for p in map(str.__add__, w, w[1:]):
             where[p].append(wi)
     counts = {p: sum(map(freq, wis)) for p, wis in where.items()}
+    # Max-heap of (-count, pair). A count only falls after its pair was pushed, except for pairs
+    # with the new token, which are pushed when made; so an entry whose count fell is pushed again
+    # at its true count when it reaches the top (lazy decrease-key), and the top is the true max.
     heap = [(-c, p) for p, c in counts.items()]
     heapq.heapify(heap)
     known = set(pieces)
@@ -140,8 +167,11 @@ def train_merges(
     bar = tqdm(total=num_merges, desc="BPE merges", disable=not progress)
     while len(merges) < num_merges and heap:
         neg, pair = heapq.heappop(heap)
-        if counts.get(pair, 0) != -neg or neg == 0:
-            continue  # stale entry: the count changed after it was pushed
+        c = counts.get(pair, 0)
+        if c != -neg:
+            if c > 0:
+                heapq.heappush(heap, (-c, pair))
+            continue
         ca, cb = pair
         a, b = ord(ca), ord(cb)
         surface = pieces[a] + pieces[b]
@@ -152,7 +182,7 @@ def train_merges(
         known.add(surface)
         merges.append((a, b))
         bar.update(1)
-        delta: dict[str, int] = defaultdict(int)  # pair-count changes from this merge
+        fresh: dict[str, int] = defaultdict(int)  # counts of the pairs with the new token
         # One occurrence in a word (the common case): x a b y -> x new y, so only (x, a) and
         # (b, y) go and (x, new) and (new, y) come. Group the words by x and by y, and do the
         # counting once per neighbour, not once per word.
@@ -164,36 +194,36 @@ def train_merges(
             if i < 0:
                 continue  # stale or repeated index: this word no longer has the pair
             ws[wi] = out = w.replace(pair, new)
-            if len(out) == len(w) - 1:
+            n = len(out)
+            if n == len(w) - 1:
                 if i:
                     lefts[w[i - 1]].append(wi)
-                if i + 1 < len(out):
+                if i + 1 < n:
                     rights[out[i + 1]].append(wi)
             else:  # several (maybe touching) occurrences: recount this word's pairs
                 f = freqs[wi]
                 for p in map(str.__add__, w, w[1:]):
-                    delta[p] -= f
+                    counts[p] -= f
                 for p in map(str.__add__, out, out[1:]):
-                    delta[p] += f
-                    where[p].append(wi)
+                    if new in p:
+                        fresh[p] += f
+                        where[p].append(wi)
+                    else:
+                        counts[p] += f  # a pair away from the merge: back to its old count
         for x, wis in lefts.items():
             f = sum(map(freq, wis))
-            delta[x + ca] -= f
-            delta[x + new] += f
+            counts[x + ca] -= f
+            fresh[x + new] += f
             where[x + new] += wis
         for y, wis in rights.items():
             f = sum(map(freq, wis))
-            delta[cb + y] -= f
-            delta[new + y] += f
+            counts[cb + y] -= f
+            fresh[new + y] += f
             where[new + y] += wis
-        delta.pop(pair, None)
-        for p, d in delta.items():
-            if d:  # unchanged pairs keep their heap entry
-                c = counts.get(p, 0) + d
-                counts[p] = c
-                if c > 0:
-                    heapq.heappush(heap, (-c, p))
-        counts.pop(pair, None)
+        del counts[pair]
+        for p, c in fresh.items():
+            counts[p] = c
+            heapq.heappush(heap, (-c, p))
     bar.close()
     return merges
 
@@ -242,28 +272,20 @@ class ByteBPETokenizer:
         return self._id_to_bytes[token_id]
 
     # -- encoding -------------------------------------------------------------------------
-    def _encode_word(self, word: str) -> list[int]:
-        ranks = self.ranks
-        b = word.encode("utf-8")
-        r = ranks.get(b)
-        if r is not None:
-            ids = [r]
-        else:
-            ids = [ranks[p] for p in apply_ranks([bytes([x]) for x in b], ranks)]
-        if len(self._cache) >= 500_000:
-            self._cache.clear()
-        self._cache[word] = ids
-        return ids
-
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode `text`, treating special-token strings as plain text."""
-        out: list[int] = []
-        cache_get = self._cache.get
-        encode_word = self._encode_word
-        for w in self._regex.findall(text):
-            ids = cache_get(w)
-            out.extend(ids if ids is not None else encode_word(w))
-        return out
+        words = self._regex.findall(text)
+        cache = self._cache
+        new = set(words).difference(cache)  # each distinct unseen word is encoded once
+        if len(cache) + len(new) > _CACHE_WORDS:
+            cache.clear()  # bound memory on endless streams; this call's words are added back
+            new = set(words)
+        ranks = self.ranks
+        for w in new:
+            b = w.encode("utf-8")
+            r = ranks.get(b)
+            cache[w] = [r] if r is not None else encode_bytes(b, ranks)
+        return list(chain.from_iterable(map(cache.__getitem__, words)))
 
     def encode(self, text: str) -> list[int]:
         """Encode `text`; special tokens in it become their single id and are never split."""

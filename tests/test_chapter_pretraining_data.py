@@ -1,0 +1,45 @@
+"""The pretraining_data chapter under the smoke profile: the study map's milestones, from its metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmbook import profiles, report, runner
+from llmbook.data import corpus_build as cb
+
+pytestmark = pytest.mark.xdist_group("book")
+
+
+@pytest.fixture
+def metrics(smoke_book: runner.BookPaths) -> dict:
+    return report.load_metrics("pretraining_data", "smoke", smoke_book.runs_dir)
+
+
+def test_milestones(metrics: dict) -> None:
+    # Duplicate rate below 5 % after dedup (from a planted ~14 %); PII recall above 95 %.
+    assert metrics["dup_rate_before"] > 0.1 and metrics["dup_rate_after"] < 0.05
+    assert metrics["pii_micro_recall"] > 0.95 and metrics["pii_min_recall"] > 0.9
+    assert metrics["pii_micro_precision"] > 0.95
+    assert metrics["pii_pipeline_items"] > 5 and metrics["pii_pipeline_leaked"] == 0
+
+
+def test_funnel_filters_and_dedup(metrics: dict) -> None:
+    assert 0.3 < metrics["kept_doc_frac"] < 0.95 and metrics["junk_removed_frac"] > 0.85
+    assert metrics["c4_list_moby_dick_chapters"] > 10  # the word-list false positives the chapter shows
+    assert metrics["langid_nb_accuracy"] > 0.9 and metrics["langid_nb_code_recall"] > metrics["langid_fast_code_recall"]
+    assert metrics["signature_max_abs_diff"] == 0  # MinHash signatures equal datasketch's
+    assert metrics["pair_precision"] > 0.9 and metrics["pair_recall"] > 0.6
+    assert metrics["classifier_clean_false_drop"] < 0.1
+
+
+def test_selection_and_mixing(metrics: dict) -> None:
+    assert metrics["sel_rm_loss"] < metrics["sel_random_loss"]  # reference-model selection beats random
+    assert metrics["best_mixture_loss"] <= metrics["proportional_loss"]
+
+
+def test_corpus_artifact_is_reused(smoke_book: runner.BookPaths, metrics: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert metrics["corpus_roundtrip"] is True and metrics["corpus_tokens"] > 10_000
+    monkeypatch.setenv("LLMBOOK_CACHE", str(smoke_book.cache_dir))
+    corpus = cb.pretraining_corpus(profiles.resolve("pretraining_data", "smoke"))
+    assert corpus.artifact.hit and corpus.artifact.key == metrics["corpus_key"]
+    assert len(corpus.tokens) == metrics["corpus_tokens"] and corpus.n_docs == metrics["corpus_docs"]
