@@ -28,7 +28,8 @@ test: setup
 
 bench: setup
 	mkdir -p benchmarks/results
-	$(BIN)/python benchmarks/tokenization.py --out benchmarks/results/tokenization.json
+	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+	@echo "results: benchmarks/results/*.json"
 
 clean:
 	rm -rf _build book/chapters runs .pytest_cache

@@ -350,3 +350,23 @@ def test_wordpiece_encoder_matches_hf_and_compression(texts):
     assert ours / theirs >= WORDPIECE_VS_HF_MIN_RATIO, f"ours {ours:.4f} vs HF {theirs:.4f} bytes/token"
     # likelihood merges do what the formula says: the first merge has the highest score
     assert wp.decode(wp.encode("Hello, world!")) == "Hello , world !"
+
+
+def test_incremental_trainer_on_repeated_pairs_matches_naive():
+    # words where the merged pair occurs several times, touching or overlapping ("aaaa", "abab"):
+    # the trainer's recount path, not its one-occurrence fast path
+    text = "aaaa aaa abab ababab aabaab bbbb abba xyzaaaa xyzabab " * 3 + "aaaaaaa abababab baba xyz"
+    tok = train_bpe(text, 256 + 12)
+    naive = _naive_merges(text, 12)
+    assert tok.merges == naive, f"ours {tok.merges} vs naive {naive}"
+
+
+def test_encoder_word_cache_overflow_keeps_ids(bpe, texts, monkeypatch):
+    import llmbook.tokenization.bpe as bpe_module
+
+    monkeypatch.setattr(bpe_module, "_CACHE_WORDS", 50)  # force the cache to be cleared mid-stream
+    fresh = ByteBPETokenizer(bpe.ranks, bpe.special_tokens, bpe.pattern, bpe.merges)
+    ref = bpe.to_tiktoken()
+    for chunk in (texts["heldout"][:3000], texts["heldout"][3000:6000], texts["zh"][-2000:]):
+        assert fresh.encode_ordinary(chunk) == ref.encode_ordinary(chunk)
+    assert len(fresh._cache) > 50, "one call's words stay cached even past the limit"

@@ -155,7 +155,7 @@ def run_pipeline(
     def source() -> Iterator[Doc]:
         it: Iterable[Any] = docs
         if progress:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
 
             it = tqdm(docs, desc="pipeline", unit="doc")
         for d in it:

@@ -5,16 +5,17 @@ most frequent adjacent pair; byte-level BPE (GPT-2, Radford et al. 2019) uses th
 as the alphabet, so every string, in any script, encodes without an unknown token.
 
 Training works on unique pre-token words with counts and updates pair counts incrementally:
-`where[pair]` is the set of word indices that contain the pair, and a max-heap of (count, pair)
-entries with lazy invalidation gives the next merge without recounting. Only the words that contain
-the merged pair are touched. Tie-break (documented, deterministic): highest count first, then the
+`where[pair]` lists the words that may contain the pair, and a max-heap of (count, pair) entries
+with lazy invalidation gives the next merge without recounting. Only the words that contain the
+merged pair are touched, and only the pairs next to each merge change. Tie-break (documented, deterministic): highest count first, then the
 smallest (left id, right id) pair — the older (lower-id) tokens win. A merge whose bytes already
 exist as a token (reachable by another split) is skipped, so token bytes stay unique and the
 rank table is a valid `tiktoken` vocabulary.
 
 Encoding follows tiktoken: ids are ranks, and within one pre-token the adjacent pair whose
 concatenation has the lowest rank is merged first, until no concatenation is in the vocabulary;
-encoded words are cached, so common words cost one dict lookup.
+encoded words are cached, so common words cost one dict lookup, and each distinct new word in a
+text is encoded once.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: no widget dependency, clean in saved notebooks
 
 from .pretokenize import GPT2_PATTERN, compile_pattern, count_words, split_special
 

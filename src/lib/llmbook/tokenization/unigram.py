@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: no widget dependency, clean in saved notebooks
 
 from .pretokenize import compile_pattern, count_words, iter_texts, split_special
 

@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: no widget dependency, clean in saved notebooks
 
 from .pretokenize import BERT_PATTERN, compile_pattern, count_words, split_special
 

@@ -1,0 +1,153 @@
+"""Gradient accumulation, loss scaling, packed loader, evaluation in bits per byte."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from llmbook.model import DecoderLM, ModelConfig
+from llmbook.training import (
+    DynamicLossScaler,
+    LoaderConfig,
+    PackedLoader,
+    accumulate_gradients,
+    bits_per_byte,
+    document_mask,
+    document_positions,
+    eval_windows,
+    evaluate,
+    pack_documents,
+)
+
+
+def tiny_model(seed: int = 0) -> DecoderLM:
+    torch.manual_seed(seed)
+    return DecoderLM(ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4))
+
+
+def grads(model: DecoderLM) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_accumulation_equals_big_batch() -> None:
+    torch.manual_seed(1)
+    x = torch.randint(0, 50, (4, 16))
+    labels = x.clone()
+    labels[0, :5] = -100  # unequal token counts per micro-batch: weights n_i / n matter
+    big, acc = tiny_model(), tiny_model()
+    loss_big, n_big = accumulate_gradients(big, [{"input_ids": x, "labels": labels}])
+    micro = [{"input_ids": x[i : i + 1], "labels": labels[i : i + 1]} for i in range(4)]
+    loss_acc, n_acc = accumulate_gradients(acc, micro)
+    assert n_big == n_acc == 4 * 15 - 4
+    assert abs(loss_big - loss_acc) < 1e-6, f"loss {loss_big} vs {loss_acc}"
+    d = max((a - b).abs().max().item() for a, b in zip(grads(big), grads(acc)))
+    assert d < 1e-6, f"grad max_abs_diff={d:.3e}"
+    # naive mean of micro-batch means is NOT the big-batch gradient when counts differ
+    naive = tiny_model()
+    for m in micro:
+        (naive(m["input_ids"], labels=m["labels"]).loss / 4).backward()
+    d_naive = max((a - b).abs().max().item() for a, b in zip(grads(big), grads(naive)))
+    assert d_naive > 1e-5, f"naive averaging unexpectedly matched ({d_naive:.3e})"
+
+
+def test_loss_scaler_matches_gradscaler_on_scripted_overflows() -> None:
+    overflow = [False, True, False, False, False, True, True, False, False, False, False, False, False]
+    p_ref = torch.nn.Parameter(torch.ones(4))
+    p_ours = torch.nn.Parameter(torch.ones(4))
+    ref = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    ours = DynamicLossScaler(scale_value=1024.0, growth_interval=3)
+    opt_ref = torch.optim.SGD([p_ref], lr=0.01)
+    opt_ours = torch.optim.SGD([p_ours], lr=0.01)
+    scales = []
+    for i, bad in enumerate(overflow):
+        ref.scale((p_ref * 2).sum()).backward()
+        ours.scale((p_ours * 2).sum()).backward()
+        if bad:
+            p_ref.grad[0] = float("inf")
+            p_ours.grad[0] = float("inf")
+        ref.step(opt_ref)
+        ref.update()
+        found = ours.unscale_([p_ours])
+        if not found:
+            opt_ours.step()
+        ours.update(found)
+        assert found == bad
+        assert ours.scale_value == ref.get_scale(), f"step {i}: {ours.scale_value} vs {ref.get_scale()}"
+        assert torch.equal(p_ours.detach(), p_ref.detach()), f"step {i}: params differ"
+        opt_ref.zero_grad()
+        opt_ours.zero_grad()
+        scales.append(ours.scale_value)
+    # hand trace: halve on overflow, double after 3 clean steps in a row
+    assert scales == [1024, 512, 512, 512, 1024, 512, 256, 256, 256, 512, 512, 512, 1024], scales
+
+
+def test_pack_and_document_positions() -> None:
+    eos = 0
+    toks = pack_documents([[5, 6, 7], [8, 9], [3]], eos)
+    assert toks.tolist() == [5, 6, 7, 0, 8, 9, 0, 3, 0]
+    x = torch.tensor([toks[:8].tolist()])
+    assert document_positions(x, eos).tolist() == [[0, 1, 2, 3, 0, 1, 2, 0]]
+    m = document_mask(x, eos)[0, 0]
+    assert m.shape == (8, 8) and bool(m[4, 3]) is False and bool(m[3, 0]) and bool(m[5, 4]) and not bool(m[4, 5])
+
+
+def test_reset_positions_change_the_model_output() -> None:
+    model = tiny_model()
+    toks = pack_documents([[5, 6, 7, 8, 9], [10, 11, 12]], 0)[:8]
+    x = torch.tensor(toks[None].astype(np.int64))
+    pos = document_positions(x, 0)
+    with torch.no_grad():
+        second_doc_alone = model(x[:, 6:]).logits
+        packed = model(x, position_ids=pos).logits
+    # RoPE is relative, so restarting positions alone does not isolate documents; this only checks the plumbing
+    assert packed.shape == (1, 8, 50) and second_doc_alone.shape == (1, 2, 50)
+
+
+def test_loader_deterministic_and_resumable() -> None:
+    tokens = np.arange(1000, dtype=np.int32) % 97
+    cfg = LoaderConfig(seq_len=16, batch_size=4, seed=3)
+    a = PackedLoader(tokens, cfg)
+    seq_a = [next(a)["input_ids"] for _ in range(40)]  # crosses epochs: 62 windows -> 15 batches per epoch
+    b = PackedLoader(tokens, cfg)
+    for _ in range(17):
+        next(b)
+    state = b.state_dict()
+    c = PackedLoader(tokens, cfg)
+    c.load_state_dict(state)
+    seq_c = [next(c)["input_ids"] for _ in range(23)]
+    assert all(torch.equal(p, q) for p, q in zip(seq_a[17:], seq_c))
+    assert not torch.equal(seq_a[0], next(iter(PackedLoader(tokens, LoaderConfig(seq_len=16, batch_size=4, seed=4))))["input_ids"])
+    # within an epoch every window appears once
+    starts = {int(row[0]) for batch in seq_a[:15] for row in batch}
+    assert len([r for batch in seq_a[:15] for r in batch]) == 60 and len(starts) > 1
+    with pytest.raises(ValueError, match="batch_size"):
+        PackedLoader(tokens[:20], cfg)
+
+
+def test_eval_windows_score_every_token_once() -> None:
+    tokens = np.arange(50) % 13
+    scored = sum(int((b["labels"][:, 1:] != -100).sum()) for b in eval_windows(tokens, seq_len=8, batch_size=3))
+    assert scored == len(tokens) - 1
+
+
+def test_bits_per_byte_and_evaluate() -> None:
+    assert math.isclose(bits_per_byte(math.log(2), 10, 10), 1.0)
+    assert math.isclose(bits_per_byte(2.0, 100, 400), 2.0 * 100 / (400 * math.log(2)))
+    model = tiny_model()
+    tokens = np.random.default_rng(0).integers(0, 50, 300)
+    res = evaluate(model, eval_windows(tokens, 32, 4), n_bytes=600)
+    # manual: one forward over the whole sequence scores the same tokens with the same context? no - windows
+    # truncate context; instead check against a direct loop over the same windows
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for b in eval_windows(tokens, 32, 4):
+            k = int(b["labels"][:, 1:].numel())
+            nll += model(b["input_ids"], labels=b["labels"]).loss.item() * k
+            n += k
+    assert n == res.n_tokens == 299
+    assert abs(res.loss - nll / n) < 1e-6
+    assert abs(res.loss - math.log(50)) < 0.2  # an untrained model is near uniform
+    assert math.isclose(res.bpb, res.loss * 299 / (600 * math.log(2)))
