@@ -94,16 +94,19 @@ def test_pack_and_document_positions() -> None:
     assert m.shape == (8, 8) and bool(m[4, 3]) is False and bool(m[3, 0]) and bool(m[5, 4]) and not bool(m[4, 5])
 
 
-def test_reset_positions_change_the_model_output() -> None:
+def test_reset_positions_reach_the_model() -> None:
     model = tiny_model()
     toks = pack_documents([[5, 6, 7, 8, 9], [10, 11, 12]], 0)[:8]
     x = torch.tensor(toks[None].astype(np.int64))
     pos = document_positions(x, 0)
     with torch.no_grad():
-        second_doc_alone = model(x[:, 6:]).logits
-        packed = model(x, position_ids=pos).logits
-    # RoPE is relative, so restarting positions alone does not isolate documents; this only checks the plumbing
-    assert packed.shape == (1, 8, 50) and second_doc_alone.shape == (1, 2, 50)
+        plain = model(x).logits
+        reset = model(x, position_ids=pos).logits
+    # the first document (positions unchanged) is identical; the second attends with shifted relative positions
+    d_first = (plain[:, :6] - reset[:, :6]).abs().max().item()
+    d_second = (plain[:, 6:] - reset[:, 6:]).abs().max().item()
+    assert d_first < 1e-6, f"first document changed: max_abs_diff={d_first:.3e}"
+    assert d_second > 1e-6, f"second document unchanged: max_abs_diff={d_second:.3e}"
 
 
 def test_loader_deterministic_and_resumable() -> None:
@@ -139,8 +142,7 @@ def test_bits_per_byte_and_evaluate() -> None:
     model = tiny_model()
     tokens = np.random.default_rng(0).integers(0, 50, 300)
     res = evaluate(model, eval_windows(tokens, 32, 4), n_bytes=600)
-    # manual: one forward over the whole sequence scores the same tokens with the same context? no - windows
-    # truncate context; instead check against a direct loop over the same windows
+    # reference: plain per-window means weighted by the window's scored tokens
     nll, n = 0.0, 0
     with torch.no_grad():
         for b in eval_windows(tokens, 32, 4):

@@ -31,7 +31,7 @@ from typing import TypeVar
 
 from tqdm import tqdm  # text bars: no widget dependency, clean in saved notebooks
 
-from .pretokenize import GPT2_PATTERN, compile_pattern, count_words, split_special
+from .pretokenize import GPT2_PATTERN, compile_pattern, count_words, encode_with_specials
 
 T = TypeVar("T", bytes, str)
 _CACHE_WORDS = 500_000  # word cache size limit of the byte-level encoder
@@ -294,13 +294,7 @@ class ByteBPETokenizer:
             raise TypeError(f"text must be str, got {type(text).__name__}")
         if not self.special_tokens:
             return self.encode_ordinary(text)
-        out: list[int] = []
-        for chunk, is_special in split_special(text, self.special_tokens):
-            if is_special:
-                out.append(self.special_tokens[chunk])
-            else:
-                out.extend(self.encode_ordinary(chunk))
-        return out
+        return encode_with_specials(text, self.special_tokens, self.encode_ordinary)
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Concatenate the bytes of `ids` (may end inside a multi-byte character)."""
@@ -455,14 +449,9 @@ class CharBPETokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Encode `text`; unseen characters become the `<unk>` id."""
-        out: list[int] = []
-        for chunk, is_special in split_special(text, self.special_tokens):
-            if is_special:
-                out.append(self.special_tokens[chunk])
-            else:
-                for w in self._regex.findall(chunk):
-                    out.extend(self._encode_word(w))
-        return out
+        return encode_with_specials(
+            text, self.special_tokens, lambda chunk: [i for w in self._regex.findall(chunk) for i in self._encode_word(w)]
+        )
 
     def decode(self, ids: Iterable[int]) -> str:
         """Concatenate token texts (`<unk>` stays the literal string "<unk>")."""

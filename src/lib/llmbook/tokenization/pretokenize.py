@@ -9,7 +9,7 @@ tiktoken ships for GPT-3.5/4 and GPT-4o.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import regex
 
@@ -75,6 +75,21 @@ def split_special(text: str, special_tokens: Iterable[str]) -> list[tuple[str, b
     for i, chunk in enumerate(splitter.split(text)):
         if chunk:
             out.append((chunk, i % 2 == 1))
+    return out
+
+
+def encode_with_specials(
+    text: str,
+    special_tokens: Mapping[str, int],
+    encode_chunk: Callable[[str], list[int]],
+) -> list[int]:
+    """Ids of `text`: each special token as its own id, every chunk between them by `encode_chunk`."""
+    out: list[int] = []
+    for chunk, is_special in split_special(text, special_tokens):
+        if is_special:
+            out.append(special_tokens[chunk])
+        else:
+            out.extend(encode_chunk(chunk))
     return out
 
 

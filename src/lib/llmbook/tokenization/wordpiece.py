@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm  # text bars: no widget dependency, clean in saved notebooks
 
-from .pretokenize import BERT_PATTERN, compile_pattern, count_words, split_special
+from .pretokenize import BERT_PATTERN, compile_pattern, count_words, encode_with_specials
 
 PREFIX = "##"  # marks a piece that continues a word
 
@@ -85,14 +85,9 @@ class WordPieceTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Encode `text`: specials kept whole, then pre-tokens, then greedy pieces."""
-        out: list[int] = []
-        for chunk, is_special in split_special(text, self.special_tokens):
-            if is_special:
-                out.append(self.special_tokens[chunk])
-            else:
-                for w in self._regex.findall(chunk):
-                    out.extend(self.encode_word(w))
-        return out
+        return encode_with_specials(
+            text, self.special_tokens, lambda chunk: [i for w in self._regex.findall(chunk) for i in self.encode_word(w)]
+        )
 
     def decode(self, ids: Iterable[int]) -> str:
         """Join pieces with spaces and glue "##" continuations (BERT's lossy decode)."""

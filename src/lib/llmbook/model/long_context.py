@@ -1,0 +1,136 @@
+"""Long-context evaluation: perplexity against context length, RoPE rescaling, passkey retrieval.
+
+- Perplexity at ``k x`` the training length shows whether a position scheme *extrapolates*: a
+  learned table has no vector for unseen positions; sinusoidal and RoPE meet angles they never
+  trained on; ALiBi's linear bias is defined at every distance (Press et al., arXiv:2108.12409).
+- :func:`with_rope` swaps a trained RoPE model's frequencies for a context-extension method
+  (PI arXiv:2306.15595, NTK-aware, YaRN arXiv:2309.00071) without touching a weight, so the same
+  model can be evaluated before and after a short fine-tune.
+- Passkey retrieval (Mohtashami & Jaggi 2023, arXiv:2305.16300): a random number hidden in filler
+  text must be reproduced at the end; accuracy against total length tests whether attention can
+  *use* distant positions, which perplexity on natural text hardly requires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import torch
+
+from llmbook.model.llama import DecoderLM
+from llmbook.model.train_small import eval_loss
+from llmbook.positional import RopeConfig
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+KEY_TEMPLATE = "The pass key is {key}. Remember it. {key} is the pass key. "
+QUESTION = "What is the pass key? The pass key is"
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+
+def with_rope(model: DecoderLM, rope: RopeConfig) -> DecoderLM:
+    """A copy of a RoPE ``model`` with other rotary frequencies (scaling method) and the same weights."""
+    if model.cfg.pos_encoding != "rope":
+        raise ValueError(f"model must use pos_encoding='rope', got {model.cfg.pos_encoding!r}")
+    new = DecoderLM(dataclasses.replace(model.cfg, rope=rope)).to(next(model.parameters()).device)
+    new.load_state_dict(model.state_dict())  # inv_freq is a non-persistent buffer: it stays the new one
+    return new.eval()
+
+
+def max_context(model: DecoderLM) -> int | None:
+    """The longest input the model can represent at all (learned tables), else None (unbounded)."""
+    return model.cfg.max_seq_len if model.cfg.pos_encoding == "learned" else None
+
+
+def perplexity_vs_length(
+    model: DecoderLM, tokens: torch.Tensor, lengths: Sequence[int], *, eval_tokens: int, batch_size: int = 8
+) -> dict[int, float]:
+    """``exp(mean loss)`` over ``eval_tokens`` tokens cut into windows of each length (NaN past a learned table)."""
+    out: dict[int, float] = {}
+    for t in lengths:
+        limit = max_context(model)
+        if limit is not None and t > limit:
+            out[t] = math.nan  # no position vector exists for positions >= limit
+            continue
+        windows = max(1, eval_tokens // t)
+        out[t] = math.exp(eval_loss(model, tokens, seq_len=t, batch_size=batch_size, max_windows=windows))
+    return out
+
+
+def _digits(tokenizer: Tokenizer, key: str) -> list[int]:
+    return tokenizer.encode(" " + " ".join(key))  # " 7 3 9 1": one token per digit in byte BPE
+
+
+def passkey_example(
+    tokenizer: Tokenizer, length: int, *, n_digits: int = 4, depth: float | None = None, rng: random.Random
+) -> tuple[list[int], int, int]:
+    """One passkey prompt of exactly ``length`` tokens: (ids, answer_start, answer_len).
+
+    The key sentence sits at relative ``depth`` (random when None) inside repeated filler; the
+    prompt ends with the question and the key's digits, which are the answer tokens.
+    """
+    key = "".join(rng.choice("0123456789") for _ in range(n_digits))
+    spaced = " ".join(key)
+    key_ids = tokenizer.encode(KEY_TEMPLATE.format(key=spaced))
+    question = tokenizer.encode(QUESTION)
+    answer = _digits(tokenizer, key)
+    filler_unit = tokenizer.encode(FILLER)
+    n_filler = length - len(key_ids) - len(question) - len(answer)
+    if n_filler < 0:
+        raise ValueError(f"length {length} is too short for a passkey prompt (needs > {length - n_filler})")
+    filler = (filler_unit * (n_filler // len(filler_unit) + 1))[:n_filler]
+    depth = rng.random() if depth is None else depth
+    cut = int(round(depth * n_filler))
+    ids = filler[:cut] + key_ids + filler[cut:] + question + answer
+    return ids, len(ids) - len(answer), len(answer)
+
+
+def passkey_batches(
+    tokenizer: Tokenizer, *, batch_size: int, seq_len: int, n_digits: int = 4, seed: int = 0
+) -> Iterator[torch.Tensor]:
+    """Endless ``(B, T)`` batches of passkey prompts (answers included) to mix into training."""
+    rng = random.Random(seed)
+    while True:
+        yield torch.tensor([passkey_example(tokenizer, seq_len, n_digits=n_digits, rng=rng)[0] for _ in range(batch_size)])
+
+
+def mixed_batches(text: Iterator[torch.Tensor], extra: Iterator[torch.Tensor], fraction: float) -> Iterator[torch.Tensor]:
+    """Replace the first ``round(fraction * B)`` rows of every text batch with rows of ``extra``."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    for batch in text:
+        k = round(fraction * batch.shape[0])
+        if k:
+            batch = torch.cat((next(extra)[:k], batch[k:]))  # (B, T)
+        yield batch
+
+
+@torch.no_grad()
+def passkey_accuracy(
+    model: Any, tokenizer: Tokenizer, length: int, *, trials: int, n_digits: int = 4, seed: int = 0, batch_size: int = 8
+) -> dict[str, float]:
+    """Greedy (teacher-forced) retrieval: share of prompts whose every key digit is the argmax, and per digit.
+
+    Returns ``{"key": exact-key accuracy, "digit": per-digit accuracy}``; chance per digit is 1/10.
+    """
+    rng = random.Random(seed)
+    examples = [passkey_example(tokenizer, length, n_digits=n_digits, depth=(i + 0.5) / trials, rng=rng)
+                for i in range(trials)]
+    device = next(model.parameters()).device
+    exact, digits, total = 0, 0, 0
+    for i in range(0, trials, batch_size):
+        chunk = examples[i : i + batch_size]
+        ids = torch.tensor([e[0] for e in chunk], device=device)  # (B, T)
+        start, n = chunk[0][1], chunk[0][2]
+        logits = model(ids).logits[:, start - 1 : start - 1 + n]  # (B, n, V): predictions of the answer
+        hit = logits.argmax(-1) == ids[:, start : start + n]  # (B, n)
+        exact += int(hit.all(dim=-1).sum())
+        digits += int(hit.sum())
+        total += hit.numel()
+    return {"key": exact / trials, "digit": digits / total}
