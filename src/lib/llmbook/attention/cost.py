@@ -142,19 +142,32 @@ class _StorageTracker(TorchDispatchMode):
         self._seen.discard(key)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {t.untyped_storage().data_ptr() for t in _tensors((*args, *kwargs.values()))}
+        for t in _tensors(out if isinstance(out, (tuple, list)) else (out,)):
+            if t.device.type != "cpu":
                 continue
             storage = t.untyped_storage()
             key = storage.data_ptr()
-            if key in self._seen or storage.nbytes() == 0:
-                continue  # a view, or an op that returned an existing tensor
+            if key in self._seen or key in inputs or storage.nbytes() == 0:
+                continue  # a view, an in-place op, or an op that returned an existing tensor
             self._seen.add(key)
             self.live += storage.nbytes()
             self.peak = max(self.peak, self.live)
             weakref.finalize(storage, self._free, key, storage.nbytes())
         return out
+
+
+def _tensors(items: Any) -> list[torch.Tensor]:
+    """The tensors among ``items``, looking one level into lists and tuples (aten op arguments)."""
+    found: list[torch.Tensor] = []
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            found.extend(x for x in item if isinstance(x, torch.Tensor))
+    return found
 
 
 def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> tuple[Any, int]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,11 @@ def near_dedup_config(config: PretrainingDataConfig) -> NearDedupConfig:
 
 
 def pipeline_stages(config: PretrainingDataConfig, filters: Filters) -> list[Stage | CorpusStage]:
-    """The chapter's stages, in order (see the module docstring)."""
+    """The chapter's stages, in order (see the module docstring).
+
+    Corpus stages are ``functools.partial`` objects so :func:`llmbook.data.spark.run_pipeline_spark`
+    can map them to their distributed versions.
+    """
     cfg = near_dedup_config(config)
     return [
         normalize_stage(),
@@ -113,8 +118,8 @@ def pipeline_stages(config: PretrainingDataConfig, filters: Filters) -> list[Sta
         classifier_stage(filters.quality, config.quality_threshold),
         pii_stage(),
         CorpusStage(name="exact_dedup", fn=exact_dedup),
-        CorpusStage(name="repeated_lines", fn=lambda ds: remove_repeated_lines(ds, 3)),
-        CorpusStage(name="near_dedup", fn=lambda ds: near_dedup(ds, cfg)),
+        CorpusStage(name="repeated_lines", fn=partial(remove_repeated_lines, min_docs=3)),
+        CorpusStage(name="near_dedup", fn=partial(near_dedup, cfg=cfg)),
     ]
 
 

@@ -18,8 +18,9 @@ import hashlib
 import random
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -34,12 +35,17 @@ def normalize_for_hash(text: str) -> str:
     return " ".join(text.split())
 
 
+def text_hash(text: str) -> bytes:
+    """SHA-1 of :func:`normalize_for_hash` of ``text``: the exact-duplicate key."""
+    return hashlib.sha1(normalize_for_hash(text).encode("utf-8", "surrogatepass")).digest()
+
+
 def exact_dedup(docs: list[Doc]) -> tuple[list[Doc], list[tuple[str, str]]]:
     """Keep the first document of each normalised-text SHA-1; the rest are dropped as ``"exact_duplicate"``."""
     seen: set[bytes] = set()
     kept, gone = [], []
     for d in docs:
-        h = hashlib.sha1(normalize_for_hash(d["text"]).encode("utf-8", "surrogatepass")).digest()
+        h = text_hash(d["text"])
         if h in seen:
             gone.append((d["id"], "exact_duplicate"))
         else:
@@ -48,25 +54,40 @@ def exact_dedup(docs: list[Doc]) -> tuple[list[Doc], list[tuple[str, str]]]:
     return kept, gone
 
 
+def line_key(line: str) -> bytes:
+    """8-byte SHA-1 prefix of a normalised line (the CCNet line hash)."""
+    return hashlib.sha1(normalize_for_hash(line).encode("utf-8", "surrogatepass")).digest()[:8]
+
+
+def line_keys(text: str) -> set[bytes]:
+    """The distinct :func:`line_key` of the non-blank lines of ``text`` (one count per document)."""
+    return {line_key(ln) for ln in text.split("\n") if ln.strip()}
+
+
+def strip_repeated_lines(doc: Doc, repeated: Container[bytes]) -> Doc | None:
+    """``doc`` without the lines whose key is in ``repeated``; None when nothing is left."""
+    lines = [ln for ln in doc["text"].split("\n") if not ln.strip() or line_key(ln) not in repeated]
+    text = "\n".join(lines).strip()
+    if not text:
+        return None
+    return {**doc, "text": text} if text != doc["text"] else doc
+
+
 def remove_repeated_lines(docs: list[Doc], min_docs: int = 3) -> tuple[list[Doc], list[tuple[str, str]]]:
     """CCNet: delete lines whose normalised hash occurs in >= ``min_docs`` documents; an emptied doc is dropped."""
     if min_docs < 2:
         raise ValueError(f"min_docs must be >= 2, got {min_docs}")
-
-    def key(line: str) -> bytes:
-        return hashlib.sha1(normalize_for_hash(line).encode("utf-8", "surrogatepass")).digest()[:8]
-
     df: Counter = Counter()
     for d in docs:
-        df.update({key(ln) for ln in d["text"].split("\n") if ln.strip()})
+        df.update(line_keys(d["text"]))
+    repeated = {k for k, c in df.items() if c >= min_docs}
     kept, gone = [], []
     for d in docs:
-        lines = [ln for ln in d["text"].split("\n") if not ln.strip() or df[key(ln)] < min_docs]
-        text = "\n".join(lines).strip()
-        if not text:
+        out = strip_repeated_lines(d, repeated)
+        if out is None:
             gone.append((d["id"], "all_lines_repeated"))
         else:
-            kept.append({**d, "text": text} if text != d["text"] else d)
+            kept.append(out)
     return kept, gone
 
 
@@ -186,11 +207,15 @@ def near_dedup(docs: list[Doc], cfg: NearDedupConfig | None = None) -> tuple[lis
 
 
 def dedup_stages(cfg: NearDedupConfig | None = None, min_line_docs: int = 3) -> list[CorpusStage]:
-    """Exact dedup, repeated-line removal and near dedup as pipeline corpus stages."""
+    """Exact dedup, repeated-line removal and near dedup as pipeline corpus stages.
+
+    The functions are ``functools.partial`` objects (not lambdas) so :mod:`llmbook.data.spark` can
+    read their settings and run the distributed version of the same stage.
+    """
     return [
         CorpusStage(name="exact_dedup", fn=exact_dedup),
-        CorpusStage(name="repeated_lines", fn=lambda ds: remove_repeated_lines(ds, min_line_docs)),
-        CorpusStage(name="near_dedup", fn=lambda ds: near_dedup(ds, cfg)),
+        CorpusStage(name="repeated_lines", fn=partial(remove_repeated_lines, min_docs=min_line_docs)),
+        CorpusStage(name="near_dedup", fn=partial(near_dedup, cfg=cfg)),
     ]
 
 

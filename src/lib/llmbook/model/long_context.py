@@ -26,7 +26,7 @@ from llmbook.model.train_small import eval_loss
 from llmbook.positional import RopeConfig
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-KEY_TEMPLATE = "The pass key is {key}. Remember it. {key} is the pass key. "
+KEY_TEMPLATE = "The pass key is {key}. "
 QUESTION = "What is the pass key? The pass key is"
 
 
@@ -63,8 +63,8 @@ def perplexity_vs_length(
     return out
 
 
-def _digits(tokenizer: Tokenizer, key: str) -> list[int]:
-    return tokenizer.encode(" " + " ".join(key))  # " 7 3 9 1": one token per digit in byte BPE
+def _answer(tokenizer: Tokenizer, key: str) -> list[int]:
+    return tokenizer.encode(" " + key)  # tokenised exactly as after "The pass key is" in the key sentence
 
 
 def passkey_example(
@@ -76,14 +76,13 @@ def passkey_example(
     prompt ends with the question and the key's digits, which are the answer tokens.
     """
     key = "".join(rng.choice("0123456789") for _ in range(n_digits))
-    spaced = " ".join(key)
-    key_ids = tokenizer.encode(KEY_TEMPLATE.format(key=spaced))
+    key_ids = tokenizer.encode(KEY_TEMPLATE.format(key=key))
     question = tokenizer.encode(QUESTION)
-    answer = _digits(tokenizer, key)
+    answer = _answer(tokenizer, key)
     filler_unit = tokenizer.encode(FILLER)
     n_filler = length - len(key_ids) - len(question) - len(answer)
     if n_filler < 0:
-        raise ValueError(f"length {length} is too short for a passkey prompt (needs > {length - n_filler})")
+        raise ValueError(f"length {length} is too short for a passkey prompt (needs at least {length - n_filler} tokens)")
     filler = (filler_unit * (n_filler // len(filler_unit) + 1))[:n_filler]
     depth = rng.random() if depth is None else depth
     cut = int(round(depth * n_filler))
@@ -115,9 +114,9 @@ def mixed_batches(text: Iterator[torch.Tensor], extra: Iterator[torch.Tensor], f
 def passkey_accuracy(
     model: Any, tokenizer: Tokenizer, length: int, *, trials: int, n_digits: int = 4, seed: int = 0, batch_size: int = 8
 ) -> dict[str, float]:
-    """Greedy (teacher-forced) retrieval: share of prompts whose every key digit is the argmax, and per digit.
+    """Greedy (teacher-forced) retrieval: share of prompts whose every key token is the argmax, and per token.
 
-    Returns ``{"key": exact-key accuracy, "digit": per-digit accuracy}``; chance per digit is 1/10.
+    Returns ``{"key": exact-key accuracy, "token": accuracy per answer token}``.
     """
     rng = random.Random(seed)
     examples = [passkey_example(tokenizer, length, n_digits=n_digits, depth=(i + 0.5) / trials, rng=rng)
@@ -127,10 +126,10 @@ def passkey_accuracy(
     for i in range(0, trials, batch_size):
         chunk = examples[i : i + batch_size]
         ids = torch.tensor([e[0] for e in chunk], device=device)  # (B, T)
-        start, n = chunk[0][1], chunk[0][2]
-        logits = model(ids).logits[:, start - 1 : start - 1 + n]  # (B, n, V): predictions of the answer
-        hit = logits.argmax(-1) == ids[:, start : start + n]  # (B, n)
-        exact += int(hit.all(dim=-1).sum())
-        digits += int(hit.sum())
-        total += hit.numel()
-    return {"key": exact / trials, "digit": digits / total}
+        predicted = model(ids).logits.argmax(-1)  # (B, T): position t predicts token t + 1
+        for row, (_, start, n) in enumerate(chunk):
+            hit = predicted[row, start - 1 : start - 1 + n] == ids[row, start : start + n]  # (n,)
+            exact += int(hit.all())
+            digits += int(hit.sum())
+            total += n
+    return {"key": exact / trials, "token": digits / total}
