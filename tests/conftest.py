@@ -5,12 +5,16 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
 # The tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Two xdist workers share two cores: more torch threads per worker only spin and wait.
+torch.set_num_threads(1)
 
 
 def write_notebook(path: Path, parameters: str, *cells: str) -> Path:

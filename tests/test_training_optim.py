@@ -12,6 +12,15 @@ from llmbook.model import DecoderLM, ModelConfig
 from llmbook.training import AdamW, ScheduleConfig, clip_grad_norm, cosine_with_warmup, lr_multiplier, param_groups, wsd, wsd_phases
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_model(seed: int = 0) -> DecoderLM:
     torch.manual_seed(seed)
     return DecoderLM(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, attention_bias=True))

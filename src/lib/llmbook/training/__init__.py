@@ -1,0 +1,91 @@
+"""Pretraining: AdamW, LR schedules, the training loop, packed data, checkpoints, throughput and memory."""
+
+from llmbook.training.checkpoint import load_checkpoint, save_checkpoint
+from llmbook.training.data import (
+    LoaderConfig,
+    PackedLoader,
+    document_mask,
+    document_positions,
+    eval_windows,
+    pack_documents,
+    tokenize_corpus,
+)
+from llmbook.training.loop import (
+    EvalResult,
+    Trainer,
+    TrainConfig,
+    accumulate_gradients,
+    bits_per_byte,
+    evaluate,
+    train_step,
+)
+from llmbook.training.memory import (
+    LLAMA_SHAPES,
+    ModelShape,
+    activation_bytes,
+    measured_activation_bytes,
+    measured_state_bytes,
+    model_state_bytes,
+    zero_table,
+)
+from llmbook.training.optim import AdamW, adamw_update, clip_grad_norm, global_grad_norm, param_groups
+from llmbook.training.precision import DynamicLossScaler, autocast, default_precision
+from llmbook.training.schedule import ScheduleConfig, cosine_with_warmup, lr_multiplier, set_lr, wsd, wsd_phases
+from llmbook.training.throughput import (
+    PEAK_FLOPS,
+    ThroughputMeter,
+    flops_per_token,
+    matmul_params,
+    measure_matmul_flops,
+    mfu,
+    model_flops_per_token,
+    peak_flops,
+)
+
+__all__ = [
+    "AdamW",
+    "DynamicLossScaler",
+    "EvalResult",
+    "LLAMA_SHAPES",
+    "LoaderConfig",
+    "ModelShape",
+    "PEAK_FLOPS",
+    "PackedLoader",
+    "ScheduleConfig",
+    "ThroughputMeter",
+    "TrainConfig",
+    "Trainer",
+    "accumulate_gradients",
+    "activation_bytes",
+    "adamw_update",
+    "autocast",
+    "bits_per_byte",
+    "clip_grad_norm",
+    "cosine_with_warmup",
+    "default_precision",
+    "document_mask",
+    "document_positions",
+    "eval_windows",
+    "evaluate",
+    "flops_per_token",
+    "global_grad_norm",
+    "load_checkpoint",
+    "lr_multiplier",
+    "matmul_params",
+    "measure_matmul_flops",
+    "measured_activation_bytes",
+    "measured_state_bytes",
+    "mfu",
+    "model_flops_per_token",
+    "model_state_bytes",
+    "pack_documents",
+    "param_groups",
+    "peak_flops",
+    "save_checkpoint",
+    "set_lr",
+    "tokenize_corpus",
+    "train_step",
+    "wsd",
+    "wsd_phases",
+    "zero_table",
+]

@@ -1,0 +1,245 @@
+"""The training step and loop: gradient accumulation, clipping, mixed precision, evaluation in bits per byte.
+
+One optimizer step over ``k`` micro-batches (gradient accumulation)::
+
+    g = sum_i  (n_i / n) * grad(mean loss of micro-batch i)      n_i target tokens in micro-batch i, n = sum n_i
+
+which is exactly the gradient of the mean loss over the big batch (each target token has weight
+1/n), so accumulating ``k`` micro-batches of ``B/k`` rows equals one batch of ``B`` rows up to
+rounding. Then: unscale (fp16), clip the global norm, AdamW step, zero the gradients.
+
+Evaluation reports the mean next-token loss in nats and *bits per byte*::
+
+    bpb = loss_nats * n_tokens / (n_bytes * ln 2)
+
+which, unlike per-token loss or perplexity, does not depend on the tokenizer, so models with
+different vocabularies compare on the same text (used by e.g. Gao et al. 2020, The Pile, arXiv:2101.00027).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmbook.training.optim import AdamW, clip_grad_norm, global_grad_norm, param_groups
+from llmbook.training.precision import PRECISIONS, DynamicLossScaler, Precision, autocast
+from llmbook.training.schedule import ScheduleConfig, set_lr
+
+
+def bits_per_byte(loss_nats: float, n_tokens: int, n_bytes: int) -> float:
+    """``loss_nats * n_tokens / (n_bytes * ln 2)``: total code length of the text in bits over its bytes."""
+    if n_bytes <= 0:
+        raise ValueError(f"n_bytes must be > 0, got {n_bytes}")
+    return loss_nats * n_tokens / (n_bytes * math.log(2))
+
+
+def count_targets(labels: torch.Tensor, ignore_index: int = -100) -> int:
+    """Number of scored positions: labels shift left by one, ``ignore_index`` skipped."""
+    return int((labels[:, 1:] != ignore_index).sum())
+
+
+def _forward_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    kwargs = {k: v for k, v in batch.items() if k in ("attention_mask", "position_ids")}
+    return model(input_ids=batch["input_ids"], labels=batch["labels"], **kwargs).loss
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    micro_batches: list[dict[str, torch.Tensor]],
+    *,
+    precision: Precision = "fp32",
+    scaler: DynamicLossScaler | None = None,
+) -> tuple[float, int]:
+    """Backward over all micro-batches with token weights ``n_i / n``; returns ``(mean loss, n)``.
+
+    Gradients are *added* to ``.grad`` (zero them before the first call of a step).
+    """
+    n_total = sum(count_targets(b["labels"]) for b in micro_batches)
+    if n_total == 0:
+        raise ValueError("micro_batches contain no scored tokens (all labels are -100)")
+    device = next(model.parameters()).device
+    total = 0.0
+    for batch in micro_batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        weight = count_targets(batch["labels"]) / n_total
+        with autocast(device, precision):
+            loss = _forward_loss(model, batch)
+        scaled = loss.float() * weight
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        total += float(loss.detach()) * weight
+    return total, n_total
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[dict[str, torch.Tensor]],
+    *,
+    grad_clip: float | None = 1.0,
+    precision: Precision = "fp32",
+    scaler: DynamicLossScaler | None = None,
+) -> dict[str, float]:
+    """One optimizer step: accumulate, (unscale), clip, step, zero grads.
+
+    Returns ``loss`` (token-weighted mean over the micro-batches), ``grad_norm`` (before
+    clipping), ``tokens`` (input tokens processed) and ``skipped`` (1.0 if fp16 overflowed).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and scaler is None:
+        raise ValueError("precision='fp16' needs a DynamicLossScaler (scaler=...)")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    loss, _ = accumulate_gradients(model, micro_batches, precision=precision, scaler=scaler)
+    found_inf = scaler.unscale_(params) if scaler is not None else False
+    if grad_clip is not None and not found_inf:
+        grad_norm = clip_grad_norm(params, grad_clip)
+    else:
+        grad_norm = global_grad_norm(params)
+    if not found_inf:
+        optimizer.step()
+    if scaler is not None:
+        scaler.update(found_inf)
+    optimizer.zero_grad(set_to_none=True)
+    tokens = sum(b["input_ids"].numel() for b in micro_batches)
+    return {"loss": loss, "grad_norm": float(grad_norm), "tokens": float(tokens), "skipped": float(found_inf)}
+
+
+@dataclass
+class EvalResult:
+    """Mean next-token loss over ``n_tokens`` scored tokens (and bpb when the byte count is known)."""
+
+    loss: float  # nats per token
+    n_tokens: int  # scored tokens
+    bpb: float | None = None  # bits per byte, if n_bytes was given
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    n_bytes: int | None = None,
+    precision: Precision = "fp32",
+) -> EvalResult:
+    """Token-weighted mean loss over ``batches`` (e.g. :func:`llmbook.training.data.eval_windows`)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    nll, n = 0.0, 0
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        k = count_targets(batch["labels"])
+        with autocast(device, precision):
+            nll += float(_forward_loss(model, batch).float()) * k
+        n += k
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("batches contain no scored tokens")
+    loss = nll / n
+    return EvalResult(loss=loss, n_tokens=n, bpb=bits_per_byte(loss, n, n_bytes) if n_bytes else None)
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Optimizer, schedule and step settings of a pretraining run."""
+
+    lr: float = 3e-4  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW moments (LLaMA: 0.9, 0.95)
+    eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 0.1  # decoupled decay on matrices only (param_groups)
+    grad_clip: float | None = 1.0  # global-norm clip; None = off
+    accum_steps: int = 1  # micro-batches per optimizer step
+    precision: Precision = "fp32"  # "fp32" (CPU), "bf16" (GPU), "fp16" (with dynamic loss scaling)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # LR shape; total_steps = run length
+
+    def __post_init__(self) -> None:
+        if self.accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+class Trainer:
+    """Model + AdamW + schedule + loader with a step counter; :meth:`save` / :meth:`load` resume exactly.
+
+    ``history`` holds one dict per optimizer step: step, lr, loss, grad_norm, tokens, seconds,
+    tokens_per_s.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loader: Iterator[dict[str, torch.Tensor]],
+        cfg: TrainConfig,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        self.model, self.loader, self.cfg = model, loader, cfg
+        self.optimizer = optimizer or AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        self.scaler = DynamicLossScaler() if cfg.precision == "fp16" else None
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    def train_step(self) -> dict[str, float]:
+        self.model.train()
+        lr = set_lr(self.optimizer, self.cfg.schedule, self.step)
+        t0 = time.perf_counter()
+        micro = [next(self.loader) for _ in range(self.cfg.accum_steps)]
+        metrics = train_step(
+            self.model,
+            self.optimizer,
+            micro,
+            grad_clip=self.cfg.grad_clip,
+            precision=self.cfg.precision,
+            scaler=self.scaler,
+        )
+        seconds = time.perf_counter() - t0
+        self.step += 1
+        row = {"step": float(self.step), "lr": lr, **metrics, "seconds": seconds, "tokens_per_s": metrics["tokens"] / seconds}
+        self.history.append(row)
+        return row
+
+    def run(self, until_step: int | None = None, *, progress: bool = False) -> list[dict[str, float]]:
+        """Train until ``until_step`` (default: the schedule's total); returns the new history rows."""
+        until = self.cfg.schedule.total_steps if until_step is None else until_step
+        rows = []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=until, initial=self.step, desc="train", unit="step")  # tqdm shows the ETA
+        while self.step < until:
+            row = self.train_step()
+            rows.append(row)
+            if bar is not None:
+                bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return rows
+
+    def save(self, path: str | Path) -> Path:
+        from llmbook.training.checkpoint import save_checkpoint
+
+        return save_checkpoint(
+            path, model=self.model, optimizer=self.optimizer, step=self.step, loader=self.loader, scaler=self.scaler
+        )
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        from llmbook.training.checkpoint import load_checkpoint
+
+        state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, loader=self.loader, scaler=self.scaler)
+        self.step = int(state["step"])
+        return state
