@@ -20,14 +20,6 @@ from llmbook.decoding import (
 from llmbook.model import DecoderLM, ModelConfig, to_hf
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 T0, NEW = 5, 10
 

@@ -18,14 +18,6 @@ from llmbook.training.memory import (
 from llmbook.training.throughput import flops_per_token, matmul_params, mfu, model_flops_per_token, peak_flops
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_flops_formula_counts_the_matmul_weights() -> None:
     cfg = ModelConfig(vocab_size=100, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2)

@@ -13,14 +13,6 @@ from llmbook.model import DecoderLM, ModelConfig
 from llmbook.training import LoaderConfig, PackedLoader, ScheduleConfig, Trainer, TrainConfig, load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 TOTAL, STOP = 20, 8
 

@@ -12,14 +12,6 @@ from llmbook.model import DecoderLM, ModelConfig
 from llmbook.training import AdamW, ScheduleConfig, clip_grad_norm, cosine_with_warmup, lr_multiplier, param_groups, wsd, wsd_phases
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny_model(seed: int = 0) -> DecoderLM:
     torch.manual_seed(seed)

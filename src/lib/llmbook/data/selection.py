@@ -22,7 +22,6 @@ training on a selection is the measure of that selection's quality.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
