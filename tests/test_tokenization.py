@@ -66,7 +66,7 @@ def test_bpe_first_merges_hand_derived():
 
 def _naive_merges(text: str, n: int) -> list[tuple[int, int]]:
     """Recount every pair after every merge (slow reference for the incremental trainer)."""
-    from llmbook.tokenization.bpe import _merge_word
+    from llmbook.tokenization.bpe import merge_pair
     from llmbook.tokenization.pretokenize import count_words
 
     counts = count_words(text, "gpt2")
@@ -85,7 +85,7 @@ def _naive_merges(text: str, n: int) -> list[tuple[int, int]]:
         (a, b), _ = ranked[0]
         merges.append((a, b))
         pieces.append(pieces[a] + pieces[b])
-        words = {tuple(_merge_word(w, a, b, len(pieces) - 1)): f for w, f in words.items()}
+        words = {tuple(merge_pair(w, a, b, len(pieces) - 1)): f for w, f in words.items()}
     return merges
 
 

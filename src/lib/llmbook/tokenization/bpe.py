@@ -34,6 +34,7 @@ from tqdm import tqdm  # text bars: no widget dependency, clean in saved noteboo
 from .pretokenize import GPT2_PATTERN, compile_pattern, count_words, encode_with_specials
 
 T = TypeVar("T", bytes, str)
+U = TypeVar("U", int, str)
 _CACHE_WORDS = 500_000  # word cache size limit of the byte-level encoder
 
 
@@ -117,9 +118,9 @@ def encode_bytes(word: bytes, ranks: Mapping[bytes, int]) -> list[int]:
     return [ranks[word[s:e]] for s, e in zip(starts, starts[1:])]
 
 
-def _merge_word(word: Sequence[int], a: int, b: int, new: int) -> list[int]:
-    """Replace every non-overlapping (a, b) in `word`, left to right, with `new`."""
-    out: list[int] = []
+def merge_pair(word: Sequence[U], a: U, b: U, new: U) -> list[U]:
+    """Replace every non-overlapping (a, b) in `word`, left to right, with `new` (ids or strings)."""
+    out: list[U] = []
     i, n = 0, len(word)
     while i < n:
         if i < n - 1 and word[i] == a and word[i + 1] == b:
@@ -145,7 +146,7 @@ def train_merges(
 
     Inside, a word is a str with one character per token id (`chr(id)`), so finding a pair in a
     word is `str.find` and merging it everywhere is `str.replace` (left to right, non-overlapping,
-    exactly `_merge_word`), both in C. A pair is its 2-character string; comparing two of them
+    exactly `merge_pair`), both in C. A pair is its 2-character string; comparing two of them
     compares (left id, right id), so the heap's tie-break is the documented one.
     """
     if len(pieces) + num_merges > sys.maxunicode + 1:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm  # text bars: no widget dependency, clean in saved notebooks
 
+from .bpe import merge_pair
 from .pretokenize import BERT_PATTERN, compile_pattern, count_words, encode_with_specials
 
 PREFIX = "##"  # marks a piece that continues a word
@@ -114,18 +115,6 @@ class WordPieceTokenizer:
         return cls(doc["vocab"], doc["unk_token"], doc["special_tokens"], doc["pattern"], doc["max_input_chars_per_word"])
 
 
-def _merge_units(word: list[str], a: str, b: str, new: str) -> list[str]:
-    out, i, n = [], 0, len(word)
-    while i < n:
-        if i < n - 1 and word[i] == a and word[i + 1] == b:
-            out.append(new)
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return out
-
-
 def train_wordpiece(
     texts: str | Iterable[str],
     vocab_size: int,
@@ -175,7 +164,7 @@ def train_wordpiece(
         touched: set[tuple[str, str]] = set()
         for wi in where.pop(pair):
             w, f = words[wi], freqs[wi]
-            nw = _merge_units(w, a, b, new)
+            nw = merge_pair(w, a, b, new)
             for u in w:
                 unit_count[u] -= f
             for u in nw:
