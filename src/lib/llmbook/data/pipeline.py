@@ -118,23 +118,31 @@ def _check_doc(doc: Any) -> Doc:
     return doc
 
 
+def apply_stage(stage: Stage, report: StageReport, doc: Doc) -> Doc | str:
+    """Run one per-document stage on `doc`, counting it in `report`; the kept doc or the drop reason."""
+    report.docs_in += 1
+    report.bytes_in += _nbytes(doc)
+    t0 = time.perf_counter()
+    out = stage.fn(doc)
+    report.seconds += time.perf_counter() - t0
+    if isinstance(out, str):
+        report.dropped += 1
+        report.reasons[out] += 1
+        return out
+    if not isinstance(out, dict):
+        raise TypeError(f"stage {stage.name!r} must return a document dict or a reason str, got {type(out).__name__}")
+    report.kept += 1
+    report.bytes_out += _nbytes(out)
+    return out
+
+
 def _apply(stage: Stage, report: StageReport, docs: Iterable[Doc], dropped: dict[str, str]) -> Iterator[Doc]:
     for doc in docs:
-        report.docs_in += 1
-        report.bytes_in += _nbytes(doc)
-        t0 = time.perf_counter()
-        out = stage.fn(doc)
-        report.seconds += time.perf_counter() - t0
+        out = apply_stage(stage, report, doc)
         if isinstance(out, str):
-            report.dropped += 1
-            report.reasons[out] += 1
             dropped[str(doc["id"])] = f"{stage.name}: {out}"
-            continue
-        if not isinstance(out, dict):
-            raise TypeError(f"stage {stage.name!r} must return a document dict or a reason str, got {type(out).__name__}")
-        report.kept += 1
-        report.bytes_out += _nbytes(out)
-        yield out
+        else:
+            yield out
 
 
 def run_pipeline(

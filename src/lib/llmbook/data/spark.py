@@ -53,7 +53,7 @@ from llmbook.data.dedup import (
     text_hash,
 )
 from llmbook.data.minhash import minhash_texts
-from llmbook.data.pipeline import CorpusStage, Doc, PipelineReport, Stage, StageReport, _check_doc, _nbytes
+from llmbook.data.pipeline import CorpusStage, Doc, PipelineReport, Stage, StageReport, _check_doc, _nbytes, apply_stage
 
 StageList = list[Stage | CorpusStage]
 _DOC, _DROP, _STATS = 0, 1, 2  # record tags out of a per-document segment
@@ -150,20 +150,10 @@ def _run_segment(records: Iterator[tuple[int, Doc]], stages_src: Any, shared: An
     reps = [StageReport(name=s.name) for s in stages]
     for pos, doc in records:
         for k, (stage, rep) in enumerate(zip(stages, reps)):
-            rep.docs_in += 1
-            rep.bytes_in += _nbytes(doc)
-            t0 = time.perf_counter()
-            out = stage.fn(doc)
-            rep.seconds += time.perf_counter() - t0
+            out = apply_stage(stage, rep, doc)
             if isinstance(out, str):
-                rep.dropped += 1
-                rep.reasons[out] += 1
                 yield (_DROP, pos, str(doc["id"]), a + k, out)
                 break
-            if not isinstance(out, dict):
-                raise TypeError(f"stage {stage.name!r} must return a document dict or a reason str, got {type(out).__name__}")
-            rep.kept += 1
-            rep.bytes_out += _nbytes(out)
             doc = out
         else:
             yield (_DOC, pos, doc)
