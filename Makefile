@@ -23,7 +23,6 @@ $(STAMP): pyproject.toml
 
 book: setup
 	$(BIN)/llmbook build --profile cpu
-	@echo "site: $(CURDIR)/_build/html/index.html"
 
 test: setup
 	LLMBOOK_REQUIRE_SPARK=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
