@@ -169,3 +169,4 @@ def _type_name(annotation: Any) -> str:
 from llmbook.profiles import tokenization as _tokenization  # noqa: E402,F401
 from llmbook.profiles import attention as _attention  # noqa: E402,F401
 from llmbook.profiles import pretraining_data as _pretraining_data  # noqa: E402,F401
+from llmbook.profiles import pretraining as _pretraining  # noqa: E402,F401
