@@ -42,6 +42,23 @@ class ChapterConfig:
 
 
 @dataclass(kw_only=True)
+class TorchChapterConfig(ChapterConfig):
+    """Base of chapters that run torch: the intra-op thread count belongs to the profile."""
+
+    torch_threads: int | None = None  # intra-op threads; None = torch's default (1: tiny models, no oversubscription)
+
+    def validate(self) -> None:
+        self.check(self.torch_threads is None or self.torch_threads >= 1, "torch_threads", "must be None or >= 1")
+
+    def apply_threads(self) -> None:
+        """Set torch's intra-op thread count from the profile (None leaves torch's default)."""
+        if self.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+
+
+@dataclass(kw_only=True)
 class ChapterSpec:
     name: str  # the chapter's name without its number, e.g. "tokenization"
     config_cls: type[ChapterConfig]

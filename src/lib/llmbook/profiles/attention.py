@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmbook.profiles import ChapterConfig, register
+from llmbook.profiles import TorchChapterConfig, register
 
 SMOKE = dict(
     train_mb=0.3,
@@ -67,7 +67,7 @@ GPU = dict(
 
 @register("attention", presets={"smoke": SMOKE, "cpu": CPU, "gpu": GPU, "multi-gpu": GPU})
 @dataclass(kw_only=True)
-class AttentionChapterConfig(ChapterConfig):
+class AttentionChapterConfig(TorchChapterConfig):
     train_mb: float = CPU["train_mb"]  # MB of bundled English text the small models train on
     heldout_fraction: float = 0.1  # documents kept out of training, for every perplexity
     d_model: int = CPU["d_model"]  # C of the small models
@@ -91,9 +91,9 @@ class AttentionChapterConfig(ChapterConfig):
     cost_head_dim: int = 64  # D of the attention-cost measurement
     cost_repeats: int = CPU["cost_repeats"]  # timed calls per point (fastest kept)
     eager_max_scores_gib: float = 4.0  # skip eager where its fp32 T x T scores alone would exceed this
-    torch_threads: int | None = None  # intra-op threads; None = torch's default (1: tiny models, no oversubscription)
 
     def validate(self) -> None:
+        super().validate()
         self.check(self.train_mb > 0, "train_mb", "must be positive")
         self.check(0 < self.heldout_fraction < 0.5, "heldout_fraction", "must be in (0, 0.5)")
         self.check(self.d_model % self.n_heads == 0, "d_model", f"must be divisible by n_heads={self.n_heads}")
@@ -117,4 +117,3 @@ class AttentionChapterConfig(ChapterConfig):
                    "needs two or more lengths, each >= 16")
         self.check(self.cost_repeats >= 1, "cost_repeats", "must be at least 1")
         self.check(self.eager_max_scores_gib > 0, "eager_max_scores_gib", "must be positive")
-        self.check(self.torch_threads is None or self.torch_threads >= 1, "torch_threads", "must be None or >= 1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmbook.profiles import PROFILES, ChapterConfig, register
+from llmbook.profiles import PROFILES, TorchChapterConfig, register
 
 SMOKE = {
     "data_profile": "smoke",
@@ -73,7 +73,7 @@ GPU = {
 
 @register("pretraining", presets={"smoke": SMOKE, "cpu": CPU, "gpu": GPU, "multi-gpu": GPU})
 @dataclass(kw_only=True)
-class PretrainingConfig(ChapterConfig):
+class PretrainingConfig(TorchChapterConfig):
     data_profile: str = CPU["data_profile"]  # pretraining_data profile whose cleaned, tokenized corpus we train on
     val_fraction: float = 0.1  # trailing documents held out for validation loss and bits per byte
     # the base model (LLaMA-style decoder)
@@ -105,9 +105,9 @@ class PretrainingConfig(ChapterConfig):
     sweep_batch_size: int = 8  # B of the sweep runs
     sweep_lr: float = 3e-3  # peak LR of the sweep runs
     heldout_d_model: int = CPU["heldout_d_model"]  # width of the larger run predicted before it is trained
-    torch_threads: int | None = None  # intra-op threads; None = torch's default (1: tiny models, no oversubscription)
 
     def validate(self) -> None:
+        super().validate()
         self.check(self.data_profile in PROFILES, "data_profile", f"must be one of {PROFILES}")
         self.check(0 < self.val_fraction < 0.5, "val_fraction", "must be in (0, 0.5)")
         self.check(self.d_model % self.n_heads == 0, "d_model", f"must be divisible by n_heads={self.n_heads}")
@@ -137,4 +137,3 @@ class PretrainingConfig(ChapterConfig):
         self.check(0 < self.sweep_lr < 1, "sweep_lr", "must be in (0, 1)")
         self.check(self.heldout_d_model % 8 == 0 and self.heldout_d_model > max(self.sweep_d_models), "heldout_d_model",
                    "must be a multiple of 8 larger than every sweep width")
-        self.check(self.torch_threads is None or self.torch_threads >= 1, "torch_threads", "must be None or >= 1")
