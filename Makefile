@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	command -v nvidia-smi >/dev/null 2>&1 || $(BIN)/python -m pip install -q $(CPU_TORCH)
 	# PySpark (the data pipeline's multi-machine path) needs a Java runtime.
 	command -v java >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q openjdk-17-jre-headless)
-	$(BIN)/python -m pip install -q -e ".[book,dev,spark]"
+	# DS_BUILD_OPS=0: DeepSpeed compiles only the ops a run uses, when it first uses them.
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -e ".[book,dev,spark,distributed]"
 	$(BIN)/llmbook assets || echo "warning: published cl100k/o200k vocabularies not fetched (needs npm); their rows are skipped"
 	touch $(STAMP)
 

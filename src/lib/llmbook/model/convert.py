@@ -207,7 +207,7 @@ def save_pretrained(model: DecoderLM, path: str | Path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that ``LlamaForCausalLM.from_pretrained`` loads.
 
     The book's own config is stored too (``llmbook_config.json``) so :func:`from_pretrained`
-    restores non-HF fields such as the RoPE layout or attention implementation.
+    restores non-HF fields such as the attention implementation, dropout or activation checkpointing.
     """
     import json
 
@@ -229,6 +229,6 @@ def from_pretrained(path: str | Path, **overrides: Any) -> DecoderLM:
         import json
 
         saved = json.loads(book_cfg.read_text())
-        extra = {k: saved[k] for k in ("attn_impl", "dropout") if k in saved}
+        extra = {k: saved[k] for k in ("attn_impl", "dropout", "activation_checkpointing") if k in saved}
     extra.update(overrides)
     return from_hf(hf, **extra)

@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from llmbook.attention.core import ATTN_IMPLS, AttentionConfig, AttnImpl, GroupedQueryAttention, KVCache
 from llmbook.model.layers import ACTIVATIONS, Activation, FeedForward, RMSNorm
@@ -60,6 +61,9 @@ class ModelConfig:
     dropout: float = 0.0  # residual and attention dropout (0 for LLM pretraining)
     init_std: float = 0.02  # std of the normal init
     moe: MoEConfig | None = None  # replace every dense MLP with a mixture of experts
+    # recompute each block's activations in backward (Chen et al. 2016, arXiv:1604.06174): keeps only
+    # block inputs, saving memory for ~one extra forward; training with grad only, never with a KV cache
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -156,7 +160,13 @@ class DecoderBlock(nn.Module):
 
 
 class DecoderLM(nn.Module):
-    """Decoder-only language model; ``forward(input_ids, attention_mask, kv_cache, labels)``."""
+    """Decoder-only language model; ``forward(input_ids, attention_mask, kv_cache, labels)``.
+
+    With ``cfg.activation_checkpointing`` a training forward with grad enabled and no KV cache runs
+    each block under non-reentrant ``torch.utils.checkpoint`` (Chen et al. 2016, arXiv:1604.06174):
+    autograd keeps only the block's input and backward reruns the block (same RNG state, so the
+    same dropout masks) before differentiating it: ~one extra forward for O(L) less memory.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -246,8 +256,12 @@ class DecoderLM(nn.Module):
             attn_kwargs["bias"] = alibi_bias(cfg.n_heads, k_pos[past:], k_pos).to(h.dtype)  # (H, T, T_past + T)
         h = self.dropout(h)
         aux_total: torch.Tensor | None = None
+        recompute = cfg.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for layer in self.layers:
-            h, aux = layer(h, **attn_kwargs)
+            if recompute:  # keep only the block input; rerun the block (same RNG state) in backward
+                h, aux = checkpoint(layer, h, use_reentrant=False, **attn_kwargs)
+            else:
+                h, aux = layer(h, **attn_kwargs)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
         logits = self.lm_head(self.norm(h))  # (B, T, V)

@@ -29,6 +29,7 @@ from llmbook.training.memory import (
     zero_table,
 )
 from llmbook.training.optim import AdamW, adamw_update, clip_grad_norm, global_grad_norm, param_groups
+from llmbook.training.parallel import DataParallel, DeepSpeedZero, SingleProcess, deepspeed_config
 from llmbook.training.precision import DynamicLossScaler, autocast, default_precision
 from llmbook.training.schedule import ScheduleConfig, cosine_with_warmup, lr_multiplier, set_lr, wsd, wsd_phases
 from llmbook.training.throughput import (
@@ -44,6 +45,8 @@ from llmbook.training.throughput import (
 
 __all__ = [
     "AdamW",
+    "DataParallel",
+    "DeepSpeedZero",
     "DynamicLossScaler",
     "EvalResult",
     "LLAMA_SHAPES",
@@ -52,6 +55,7 @@ __all__ = [
     "PEAK_FLOPS",
     "PackedLoader",
     "ScheduleConfig",
+    "SingleProcess",
     "ThroughputMeter",
     "TrainConfig",
     "Trainer",
@@ -62,6 +66,7 @@ __all__ = [
     "bits_per_byte",
     "clip_grad_norm",
     "cosine_with_warmup",
+    "deepspeed_config",
     "default_precision",
     "document_mask",
     "document_positions",

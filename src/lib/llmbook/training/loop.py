@@ -29,8 +29,11 @@ import torch
 from torch import nn
 
 from llmbook.training.optim import AdamW, clip_grad_norm, global_grad_norm, param_groups
+from llmbook.training.parallel import SingleProcess
 from llmbook.training.precision import PRECISIONS, DynamicLossScaler, Precision, autocast
 from llmbook.training.schedule import ScheduleConfig, set_lr
+
+SINGLE_PROCESS = SingleProcess()
 
 
 def bits_per_byte(loss_nats: float, n_tokens: int, n_bytes: int) -> float:
@@ -56,25 +59,30 @@ def accumulate_gradients(
     *,
     precision: Precision = "fp32",
     scaler: DynamicLossScaler | None = None,
+    parallel: SingleProcess = SINGLE_PROCESS,
 ) -> tuple[float, int]:
     """Backward over all micro-batches with token weights ``n_i / n``; returns ``(mean loss, n)``.
 
-    Gradients are *added* to ``.grad`` (zero them before the first call of a step).
+    ``n`` counts the target tokens of every rank. Under data parallelism each rank weights its
+    micro-batches by ``W n_i / n``: the engine averages gradients over the ``W`` ranks, which
+    leaves exactly the single-process gradient. Gradients are *added* to ``.grad`` (zero them
+    before the first call of a step).
     """
-    n_total = sum(count_targets(b["labels"]) for b in micro_batches)
+    n_total = int(parallel.all_reduce_sum(sum(count_targets(b["labels"]) for b in micro_batches)))
     if n_total == 0:
         raise ValueError("micro_batches contain no scored tokens (all labels are -100)")
     device = next(model.parameters()).device
-    total = 0.0
-    for batch in micro_batches:
+    loss_sum = 0.0  # this rank's sum over its target tokens
+    for i, batch in enumerate(micro_batches):
         batch = {k: v.to(device) for k, v in batch.items()}
-        weight = count_targets(batch["labels"]) / n_total
-        with autocast(device, precision):
-            loss = _forward_loss(model, batch)
-        scaled = loss.float() * weight
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        total += float(loss.detach()) * weight
-    return total, n_total
+        n_i = count_targets(batch["labels"])
+        with parallel.accumulating(model, last=i == len(micro_batches) - 1):
+            with autocast(device, precision):
+                loss = _forward_loss(model, batch)
+            scaled = loss.float() * (parallel.world_size * n_i / n_total)
+            parallel.backward(scaler.scale(scaled) if scaler is not None else scaled)
+        loss_sum += float(loss.detach()) * n_i
+    return parallel.all_reduce_sum(loss_sum) / n_total, n_total
 
 
 def train_step(
@@ -85,30 +93,37 @@ def train_step(
     grad_clip: float | None = 1.0,
     precision: Precision = "fp32",
     scaler: DynamicLossScaler | None = None,
+    parallel: SingleProcess = SINGLE_PROCESS,
 ) -> dict[str, float]:
     """One optimizer step: accumulate, (unscale), clip, step, zero grads.
 
-    Returns ``loss`` (token-weighted mean over the micro-batches), ``grad_norm`` (before
-    clipping), ``tokens`` (input tokens processed) and ``skipped`` (1.0 if fp16 overflowed).
+    ``micro_batches`` are this rank's. Returns ``loss`` (token-weighted mean over the micro-batches
+    of every rank), ``grad_norm`` (before clipping), ``tokens`` (input tokens processed by all
+    ranks) and ``skipped`` (1.0 if fp16 overflowed). An engine that owns the step (DeepSpeed)
+    clips and steps inside its backward.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp16" and scaler is None:
         raise ValueError("precision='fp16' needs a DynamicLossScaler (scaler=...)")
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    loss, _ = accumulate_gradients(model, micro_batches, precision=precision, scaler=scaler)
-    found_inf = scaler.unscale_(params) if scaler is not None else False
-    if grad_clip is not None and not found_inf:
-        grad_norm = clip_grad_norm(params, grad_clip)
+    loss, _ = accumulate_gradients(model, micro_batches, precision=precision, scaler=scaler, parallel=parallel)
+    found_inf = False
+    if parallel.owns_optimizer_step:
+        grad_norm = parallel.grad_norm()
     else:
-        grad_norm = global_grad_norm(params)
-    if not found_inf:
-        optimizer.step()
-    if scaler is not None:
-        scaler.update(found_inf)
-    optimizer.zero_grad(set_to_none=True)
-    tokens = sum(b["input_ids"].numel() for b in micro_batches)
-    return {"loss": loss, "grad_norm": float(grad_norm), "tokens": float(tokens), "skipped": float(found_inf)}
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        found_inf = scaler.unscale_(params) if scaler is not None else False
+        if grad_clip is not None and not found_inf:
+            grad_norm = float(clip_grad_norm(params, grad_clip))
+        else:
+            grad_norm = float(global_grad_norm(params))
+        if not found_inf:
+            optimizer.step()
+        if scaler is not None:
+            scaler.update(found_inf)
+        optimizer.zero_grad(set_to_none=True)
+    tokens = parallel.world_size * sum(b["input_ids"].numel() for b in micro_batches)
+    return {"loss": loss, "grad_norm": grad_norm, "tokens": float(tokens), "skipped": float(found_inf)}
 
 
 @dataclass
@@ -176,7 +191,8 @@ class Trainer:
     """Model + AdamW + schedule + loader with a step counter; :meth:`save` / :meth:`load` resume exactly.
 
     ``history`` holds one dict per optimizer step: step, lr, loss, grad_norm, tokens, seconds,
-    tokens_per_s.
+    tokens_per_s. With a multi-process ``parallel`` engine every rank builds the same loader and
+    keeps its own rows of each batch (:meth:`SingleProcess.shard`).
     """
 
     def __init__(
@@ -185,9 +201,11 @@ class Trainer:
         loader: Iterator[dict[str, torch.Tensor]],
         cfg: TrainConfig,
         optimizer: torch.optim.Optimizer | None = None,
+        parallel: SingleProcess = SINGLE_PROCESS,
     ) -> None:
-        self.model, self.loader, self.cfg = model, loader, cfg
-        self.optimizer = optimizer or AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        optimizer = optimizer or AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        self.model, self.optimizer = parallel.prepare(model, optimizer)
+        self.loader, self.cfg, self.parallel = loader, cfg, parallel
         self.scaler = DynamicLossScaler() if cfg.precision == "fp16" else None
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -196,7 +214,7 @@ class Trainer:
         self.model.train()
         lr = set_lr(self.optimizer, self.cfg.schedule, self.step)
         t0 = time.perf_counter()
-        micro = [next(self.loader) for _ in range(self.cfg.accum_steps)]
+        micro = [self.parallel.shard(next(self.loader)) for _ in range(self.cfg.accum_steps)]
         metrics = train_step(
             self.model,
             self.optimizer,
@@ -204,6 +222,7 @@ class Trainer:
             grad_clip=self.cfg.grad_clip,
             precision=self.cfg.precision,
             scaler=self.scaler,
+            parallel=self.parallel,
         )
         seconds = time.perf_counter() - t0
         self.step += 1
@@ -216,7 +235,7 @@ class Trainer:
         until = self.cfg.schedule.total_steps if until_step is None else until_step
         rows = []
         bar = None
-        if progress:
+        if progress and self.parallel.rank == 0:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=until, initial=self.step, desc="train", unit="step")  # tqdm shows the ETA
@@ -230,16 +249,27 @@ class Trainer:
             bar.close()
         return rows
 
+    def _check_checkpointable(self) -> None:
+        if self.parallel.owns_optimizer_step:  # ZeRO shards the optimizer state across ranks
+            raise ValueError("Trainer checkpoints hold one full optimizer state; "
+                             "save a DeepSpeed ZeRO run with its engine (engine.save_checkpoint)")
+
     def save(self, path: str | Path) -> Path:
+        """Rank 0 writes the checkpoint (data-parallel ranks hold identical states); all ranks wait for it."""
         from llmbook.training.checkpoint import save_checkpoint
 
-        return save_checkpoint(
-            path, model=self.model, optimizer=self.optimizer, step=self.step, loader=self.loader, scaler=self.scaler
-        )
+        self._check_checkpointable()
+        if self.parallel.rank == 0:
+            save_checkpoint(path, model=self.parallel.unwrap(self.model), optimizer=self.optimizer, step=self.step,
+                            loader=self.loader, scaler=self.scaler)
+        self.parallel.barrier()
+        return Path(path)
 
     def load(self, path: str | Path) -> dict[str, Any]:
         from llmbook.training.checkpoint import load_checkpoint
 
-        state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, loader=self.loader, scaler=self.scaler)
+        self._check_checkpointable()
+        state = load_checkpoint(path, model=self.parallel.unwrap(self.model), optimizer=self.optimizer,
+                                loader=self.loader, scaler=self.scaler)
         self.step = int(state["step"])
         return state

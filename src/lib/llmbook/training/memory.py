@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
 
 GB = 1e9
 
@@ -79,13 +81,58 @@ def measured_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | No
     return out
 
 
-def measured_activation_bytes(model: nn.Module, input_ids: torch.Tensor) -> int:
-    """Bytes of tensors autograd saves for backward in one forward + loss (distinct storages counted once).
+class _LiveActivations(TorchDispatchMode):
+    """Sees every aten op (forward, backward, recomputation); tracks storages created under grad mode."""
 
-    Parameters saved by reference (e.g. weights for the input gradient) are excluded: they are
-    model states, not activations.
+    def __init__(self, exclude: set[int]) -> None:
+        super().__init__()
+        self.exclude = exclude  # parameter storages: model states, not activations
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}  # data_ptr -> (weak ref, bytes)
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        self.live = {ptr: (ref, n) for ptr, (ref, n) in self.live.items() if not ref.expired()}
+        if torch.is_grad_enabled():  # forward and recomputation; backward formulas run with grad off
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    ptr = storage.data_ptr()
+                    if storage.nbytes() > 0 and ptr not in self.exclude and ptr not in self.live:
+                        self.live[ptr] = (StorageWeakRef(storage), storage.nbytes())
+        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+        return out
+
+
+def measured_activation_bytes(model: nn.Module, input_ids: torch.Tensor, *, peak: bool = False) -> int:
+    """Activation bytes of one forward + loss on ``input_ids``, measured (distinct storages counted once).
+
+    ``peak=False``: bytes of the tensors autograd saves for backward, read by a
+    ``saved_tensors_hooks`` pack hook. Parameters saved by reference (e.g. weights for the input
+    gradient) are excluded: they are model states, not activations. Under non-reentrant activation
+    checkpointing the checkpoint pushes its own, inner hooks, so the tensors saved inside a block
+    never reach this hook and are dropped; the block input, which the checkpoint keeps to rerun the
+    block, is saved through ``save_for_backward`` and is counted. (Checked against the live
+    storages after the forward: equal up to the 4-byte loss and RoPE's cos/sin, which the
+    checkpoint holds by closure.)
+
+    ``peak=True``: the most activation bytes alive at any moment of forward, loss and backward
+    (``torch.autograd.grad``, so ``.grad`` is left alone). This is what the checkpointed formula
+    ``L * 2 s b h + A_layer`` counts: backward reruns one block at a time. Method: a
+    ``TorchDispatchMode`` sees every aten op, the backward's and the recomputation's included;
+    each storage an op outputs while grad mode is on (forward and recomputation; the autograd
+    engine runs backward formulas with grad mode off, so gradients are not counted) is tracked
+    by a weak reference, and after each op the bytes of those still alive are summed. Costs
+    O(ops x live tensors): meant for small models.
     """
     param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    if peak:
+        params = [p for p in model.parameters() if p.requires_grad]
+        mode = _LiveActivations(param_ptrs)
+        with mode:
+            loss = model(input_ids, labels=input_ids).loss
+            torch.autograd.grad(loss, params)
+        return mode.peak
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,168 @@
+"""Launching one training run on N processes: a JSON run spec, the worker, and ``torchrun``.
+
+Every rank reads the same :class:`RunSpec`, builds the same model from the same seed, reads the
+same packed token file and keeps its rows of each batch; the engine named in the spec
+(:mod:`llmbook.training.parallel`) does the communication. The training function,
+:func:`train_run`, is the same for one process and for many::
+
+    # CPU, two processes over gloo (what the tests and the chapter run)
+    torchrun --standalone --nproc_per_node 2 -m llmbook.training.launch run.json
+    # one node with 8 GPUs: NCCL, same file
+    torchrun --standalone --nproc_per_node 8 -m llmbook.training.launch run.json
+    accelerate launch --config_file src/lib/llmbook/training/configs/accelerate_multi_gpu.yaml \\
+        -m llmbook.training.launch run.json
+
+:func:`launch` does the first from Python and returns rank 0's per-step history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmbook.model import DecoderLM, ModelConfig, MoEConfig
+from llmbook.positional import RopeConfig
+from llmbook.training.data import LoaderConfig, PackedLoader
+from llmbook.training.loop import Trainer, TrainConfig
+from llmbook.training.parallel import ZERO_CONFIGS, DataParallel, DeepSpeedZero, SingleProcess, deepspeed_config
+from llmbook.training.schedule import ScheduleConfig
+
+ENGINES = ("single", "ddp", *ZERO_CONFIGS)
+
+
+@dataclasses.dataclass(kw_only=True)
+class RunSpec:
+    """Everything a training process needs, as JSON: every rank reads the same file."""
+
+    tokens: str  # .npy file of packed training tokens (memory-mapped by every rank)
+    model: dict[str, Any]  # ModelConfig fields; rope / moe as nested dicts
+    train: dict[str, Any]  # TrainConfig fields; schedule as a nested dict
+    loader: dict[str, Any]  # LoaderConfig fields; batch_size is the GLOBAL micro-batch, split over ranks
+    engine: str = "ddp"  # one of ENGINES
+    deepspeed_config: str | None = None  # a DeepSpeed JSON replacing the shipped zeroN.json
+    seed: int = 0  # model init; the loader has its own seed
+    torch_threads: int = 1  # intra-op threads per process (ranks share the cores)
+    history_out: str | None = None  # rank 0 writes the per-step history here (JSON)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
+        for name in ("model", "train", "loader"):  # hold what the JSON file will hold (tuples become lists)
+            setattr(self, name, json.loads(json.dumps(getattr(self, name))))
+
+    def save(self, path: str | Path) -> Path:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=1))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunSpec:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+
+def model_config(fields: dict[str, Any]) -> ModelConfig:
+    """``ModelConfig`` from ``dataclasses.asdict`` output (nested configs rebuilt)."""
+    fields = dict(fields)
+    if isinstance(fields.get("rope"), dict):
+        fields["rope"] = RopeConfig(**fields["rope"])
+    if isinstance(fields.get("moe"), dict):
+        fields["moe"] = MoEConfig(**fields["moe"])
+    return ModelConfig(**fields)
+
+
+def train_config(fields: dict[str, Any]) -> TrainConfig:
+    """``TrainConfig`` from ``dataclasses.asdict`` output (JSON lists back to tuples)."""
+    fields = dict(fields)
+    schedule = dict(fields.pop("schedule", {}))
+    if "wsd_ratio" in schedule:
+        schedule["wsd_ratio"] = tuple(schedule["wsd_ratio"])
+    if "betas" in fields:
+        fields["betas"] = tuple(fields["betas"])
+    return TrainConfig(**fields, schedule=ScheduleConfig(**schedule))
+
+
+def make_parallel(spec: RunSpec) -> SingleProcess:
+    """The engine the spec names, set up for this process (reads torchrun's environment)."""
+    if spec.engine == "single":
+        return SingleProcess()
+    if spec.engine == "ddp":
+        return DataParallel()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    train = train_config(spec.train)
+    ds_cfg = deepspeed_config(
+        spec.deepspeed_config or spec.engine,
+        micro_batch_per_rank=spec.loader["batch_size"] // world,
+        accum_steps=train.accum_steps,
+        grad_clip=train.grad_clip,
+        precision=train.precision,
+    )
+    return DeepSpeedZero(ds_cfg)
+
+
+def train_run(spec: RunSpec, parallel: SingleProcess | None = None, *, progress: bool = False) -> list[dict[str, float]]:
+    """Build model, loader and trainer from ``spec`` and train; returns the per-step history.
+
+    The same function runs in one process (``parallel`` = :class:`SingleProcess`, the default)
+    and in every rank of a launched job.
+    """
+    parallel = parallel or SingleProcess()
+    torch.manual_seed(spec.seed)  # every rank starts from the same weights
+    model = DecoderLM(model_config(spec.model)).to(parallel.device)
+    loader = PackedLoader(np.load(spec.tokens, mmap_mode="r"), LoaderConfig(**spec.loader))
+    trainer = Trainer(model, loader, train_config(spec.train), parallel=parallel)
+    trainer.run(progress=progress)
+    return trainer.history
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Worker entry point: ``torchrun ... -m llmbook.training.launch run.json``."""
+    parser = argparse.ArgumentParser(description="Train one run spec on this process (launch with torchrun).")
+    parser.add_argument("spec", help="RunSpec JSON file")
+    args = parser.parse_args(argv)
+    spec = RunSpec.load(args.spec)
+    torch.set_num_threads(spec.torch_threads)
+    parallel = make_parallel(spec)
+    history = train_run(spec, parallel, progress=True)
+    if parallel.rank == 0 and spec.history_out:
+        Path(spec.history_out).write_text(json.dumps(history))
+    parallel.barrier()
+
+
+def launch(spec: RunSpec, nproc: int, workdir: str | Path, *, timeout_s: float | None = 900) -> list[dict[str, float]]:
+    """Run ``spec`` on ``nproc`` local processes with ``torchrun``; returns rank 0's history.
+
+    Writes ``run.json`` and ``history.json`` into ``workdir``. A failed job raises ``RuntimeError``
+    with the end of its output.
+    """
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = dataclasses.replace(spec, history_out=str(workdir / "history.json"))
+    spec_path = spec.save(workdir / "run.json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "llmbook.training.launch", str(spec_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec.torch_threads), "TQDM_DISABLE": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        lines = (done.stdout + done.stderr).splitlines()
+        errors = [l for l in lines if re.match(r"^(\[rank\d+\]: )?[\w.]+(Error|Exception): ", l) and "ChildFailedError" not in l]
+        cause = errors[-1] if errors else "\n".join(lines[-25:])  # the workers' own exception, not torchrun's summary
+        raise RuntimeError(f"{nproc}-process run (engine {spec.engine}) failed with exit code {done.returncode}: {cause}")
+    return json.loads((workdir / "history.json").read_text())
+
+
+if __name__ == "__main__":
+    main()

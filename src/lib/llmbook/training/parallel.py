@@ -1,0 +1,207 @@
+"""Data parallelism on real engines: one training step, three ways to run it.
+
+Data parallelism gives each of ``W`` processes (ranks) ``B / W`` rows of the global batch; after
+the backward pass the gradients are averaged across ranks, so every rank takes the same
+optimizer step a single process would take on the whole batch::
+
+    g = (1 / W) * sum_r g_r        g_r = gradient of rank r's share of the loss
+
+The loss of the step is a mean over all ``n`` target tokens of the global batch, so rank ``r``
+scales its micro-batch losses by ``W * n_ri / n`` (:func:`llmbook.training.loop.accumulate_gradients`):
+averaging then gives exactly ``sum_i (n_i / n) g_i``, the single-process gradient.
+
+The engines here all answer the same five questions for :class:`llmbook.training.loop.Trainer`
+(which ranks am I, how do I wrap the model, which rows are mine, how do I sum a number across
+ranks, how do I run backward), so the training step is written once:
+
+- :class:`SingleProcess` — no parallelism (the default).
+- :class:`DataParallel` — PyTorch DDP through Hugging Face ``accelerate``: every rank keeps the
+  full model and optimizer; gradients are all-reduced in buckets during backward (Li et al. 2020,
+  arXiv:2006.15704). Launch with ``torchrun`` or ``accelerate launch``.
+- :class:`DeepSpeedZero` — DeepSpeed's ZeRO (Rajbhandari et al. 2020, arXiv:1910.02054): stage 1
+  shards the optimizer states across ranks, stage 2 also the gradients, stage 3 also the weights.
+  The engine owns backward, clipping and the optimizer step.
+
+On a CPU, collectives go over gloo. ``accelerate`` needs ``cpu=True`` to form a process group there
+(:class:`DataParallel` passes it when no GPU is present), and ``accelerate launch --cpu`` starts a
+single process whatever ``--num_processes`` says: use ``torchrun --nproc_per_node 2``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ZERO_CONFIGS = ("zero1", "zero2", "zero3")  # DeepSpeed JSON files shipped in llmbook/training/configs
+
+
+class SingleProcess:
+    """One process, no communication: the engine :class:`~llmbook.training.loop.Trainer` uses by default."""
+
+    rank = 0
+    world_size = 1
+    owns_optimizer_step = False  # True when the engine clips and steps inside backward (DeepSpeed)
+
+    def __init__(self) -> None:
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
+        """Wrap model and optimizer for the engine; returns the objects to train with."""
+        return model, optimizer
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        """The user's model inside whatever :meth:`prepare` wrapped it in."""
+        return model
+
+    def shard(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's rows of a global batch ``(B, T)``: rows ``[r B/W, (r+1) B/W)``."""
+        b = batch["input_ids"].shape[0]
+        if b % self.world_size:
+            raise ValueError(f"batch size {b} must be divisible by the number of processes {self.world_size}")
+        k = b // self.world_size
+        return {name: t[self.rank * k : (self.rank + 1) * k] for name, t in batch.items()}
+
+    def all_reduce_sum(self, value: float) -> float:
+        """Sum of ``value`` over all ranks (every rank gets the result)."""
+        return value
+
+    def accumulating(self, model: nn.Module, *, last: bool) -> contextlib.AbstractContextManager:
+        """Context for one micro-batch's forward and backward; ``last`` marks the step's final one."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def grad_norm(self) -> float:
+        """Global gradient norm of the step, for engines that own the step."""
+        raise NotImplementedError("only engines with owns_optimizer_step report the gradient norm")
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+
+
+class _Distributed(SingleProcess):
+    """Shared by the multi-process engines: rank, world size and a float all-reduce over torch.distributed."""
+
+    def all_reduce_sum(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return float(t)
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+
+class DataParallel(_Distributed):
+    """PyTorch DistributedDataParallel set up by ``accelerate`` (gloo on CPU, NCCL on GPUs).
+
+    During gradient accumulation, every micro-batch but the last runs under DDP's ``no_sync`` so
+    gradients are all-reduced once per optimizer step, not once per micro-batch.
+    """
+
+    def __init__(self) -> None:
+        try:
+            from accelerate import Accelerator
+        except ImportError as err:
+            raise ImportError("DataParallel needs accelerate: pip install 'llmbook[distributed]'") from err
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        self.device = self.accelerator.device
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        return model, optimizer
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    def accumulating(self, model: nn.Module, *, last: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if last else self.accelerator.no_sync(model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+
+def deepspeed_config(
+    config: str | Path | dict,
+    *,
+    micro_batch_per_rank: int,
+    accum_steps: int,
+    grad_clip: float | None,
+    precision: str,
+) -> dict[str, Any]:
+    """A DeepSpeed config with its ``"auto"`` entries filled from the run.
+
+    ``config`` is a dict, a JSON path, or one of :data:`ZERO_CONFIGS` (shipped with the library).
+    The batch shape, clipping and precision always come from the run, so the JSON carries only
+    what is DeepSpeed's own (ZeRO stage, bucket sizes, offload).
+    """
+    if isinstance(config, dict):
+        cfg = copy.deepcopy(config)
+    elif str(config) in ZERO_CONFIGS:
+        cfg = json.loads(resources.files("llmbook.training").joinpath(f"configs/{config}.json").read_text())
+    elif Path(config).is_file():
+        cfg = json.loads(Path(config).read_text())
+    else:
+        raise ValueError(f"config must be a dict, a JSON file or one of {ZERO_CONFIGS}, got {config!r}")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision with DeepSpeed must be 'fp32' or 'bf16' (fp16 loss scaling is DeepSpeed's own), got {precision!r}")
+    run_values = {
+        "train_micro_batch_size_per_gpu": micro_batch_per_rank,
+        "gradient_accumulation_steps": accum_steps,
+        "gradient_clipping": grad_clip or 0.0,
+    }
+    for key, value in run_values.items():
+        if cfg.get(key, "auto") not in ("auto", value):
+            raise ValueError(f"DeepSpeed config sets {key}={cfg[key]!r} but the run uses {value!r}; write \"auto\"")
+        cfg[key] = value
+    cfg.pop("train_batch_size", None)  # implied: micro-batch x accumulation x ranks
+    cfg["bf16"] = {"enabled": precision == "bf16"}
+    cfg["zero_allow_untested_optimizer"] = True  # we pass a torch optimizer, not DeepSpeed's fused Adam
+    cfg.setdefault("steps_per_print", 10**9)
+    return cfg
+
+
+class DeepSpeedZero(_Distributed):
+    """DeepSpeed ZeRO stage 1/2/3 around a torch optimizer (``deepspeed.initialize``).
+
+    ``config`` is the output of :func:`deepspeed_config`. The engine scales nothing itself
+    (``scale_wrt_gas=False``: the step already weights micro-batches by tokens), counts
+    micro-batches, and at the last one of a step clips and steps the sharded optimizer.
+    """
+
+    owns_optimizer_step = True
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        try:
+            import deepspeed
+        except ImportError as err:
+            raise ImportError("DeepSpeedZero needs deepspeed: DS_BUILD_OPS=0 pip install 'llmbook[distributed]'") from err
+        self._deepspeed = deepspeed
+        self.config = config
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.engine: Any = None
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
+        self.engine, optimizer, _, _ = self._deepspeed.initialize(model=model, optimizer=optimizer, config=self.config)
+        return self.engine, optimizer
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return model.module if hasattr(model, "module") else model
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)
+        self.engine.step()  # a no-op except at the step's last micro-batch
+
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float("nan") if norm is None else float(norm)
