@@ -55,12 +55,12 @@ def test_gradients_equal_without_checkpointing(extra: dict[str, object]) -> None
     runs = {}
     for flag in (False, True):
         model = tiny(3, checkpointing=flag, **extra).train()
-        reruns = [0]  # a pre-hook: recomputation stops early, before a forward hook would fire
-        model.layers[0].register_forward_pre_hook(lambda *_: reruns.__setitem__(0, reruns[0] + 1))
+        reruns: list[int] = []  # a pre-hook: recomputation stops early, before a forward hook would fire
+        model.layers[0].register_forward_pre_hook(lambda *_, seen=reruns: seen.append(1))
         torch.manual_seed(123)  # same dropout draws in both runs
         loss = model(x, labels=x).loss
         loss.backward()
-        runs[flag] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, reruns[0])
+        runs[flag] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, len(reruns))
     (loss0, grads0, calls0), (loss1, grads1, calls1) = runs[False], runs[True]
     assert (calls0, calls1) == (1, 2), f"block 0 ran {calls0} / {calls1} times (plain / checkpointed)"
     assert torch.equal(loss0, loss1), f"loss {loss0.item()} vs {loss1.item()}"
@@ -76,7 +76,7 @@ def test_memory_with_and_without_checkpointing_vs_formula() -> None:
         checkpointing: L * 4 s b h + 68 s b h   (block inputs + one recomputed block)
     Seen on CPU (torch 2.13, sdpa): per block 181,760 B saved without checkpointing, exactly
     8,192 B = 4 s b h with it; peak/formula 1.44 / 1.39 / 1.37 (none) and 1.12 / 1.11 / 1.11
-    (checkpointing) at L = 2 / 3 / 4.
+    (checkpointing) at L = 2 / 3 / 4; saving per block measured/formula 173,568 / 131,072 = 1.32.
 
     Tolerances: the stored L * 2 s b h term is structural, so exact. The 34 s b h per block is
     derived for a GPT block in 16-bit with dropout masks; this LLaMA block keeps 22 C-wide fp32
@@ -174,4 +174,5 @@ def test_eval_no_grad_and_kv_cache_do_not_checkpoint(monkeypatch: pytest.MonkeyP
     same_cache = all(torch.equal(a, b) for a, b in zip(cache_plain.keys, cache_ckpt.keys, strict=True))
     same_generate = torch.equal(generate_greedy(plain, x[:, :8], 8), generate_greedy(ckpt, x[:, :8], 8))
     assert calls == [], f"{len(calls)} checkpoint calls in eval / no_grad / KV-cache forwards"
-    assert same_train and same_eval and same_cache and same_generate, (same_train, same_eval, same_cache, same_generate)
+    same = {"no_grad": same_train, "eval": same_eval, "kv_cache": same_cache, "generate": same_generate}
+    assert all(same.values()), f"flag changed outputs outside training: {same}"

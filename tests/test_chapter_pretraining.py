@@ -48,3 +48,45 @@ def test_scaling_fit_prediction_recorded(metrics: dict) -> None:
     assert math.isfinite(metrics["heldout_rel_error"]) and metrics["heldout_rel_error"] >= 0
     assert math.isfinite(metrics["heldout_predicted"]) and metrics["heldout_predicted"] > 0
     assert metrics["fit_alpha"] > 0 and metrics["fit_beta"] > 0
+
+
+def test_two_processes_follow_one(metrics: dict) -> None:
+    assert metrics["dist_nproc"] == 2 and metrics["dist_steps"] > 0
+    assert metrics["dist_max_diff_ddp"] < 1e-5, metrics["dist_max_diff_ddp"]
+
+
+def test_activation_checkpointing_saves_memory(metrics: dict) -> None:
+    assert metrics["ckpt_peak_saving"] > 0.1, metrics["ckpt_peak_saving"]
+    assert metrics["ckpt_formula_saving"] > 0, metrics["ckpt_formula_saving"]
+
+
+def test_base_model_artifact_loads_in_transformers(smoke_book: runner.BookPaths, metrics: dict, monkeypatch) -> None:
+    """What later chapters get: the chapter's saved model, found by the library, loadable by transformers."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from llmbook import profiles
+    from llmbook.training.base_model import book_base_model
+
+    monkeypatch.setenv("LLMBOOK_CACHE", str(smoke_book.cache_dir))
+    built_by_chapter = smoke_book.cache_dir / "base_model" / metrics["base_model_key"]
+    assert built_by_chapter.is_dir()
+    artifact = book_base_model(profiles.resolve("pretraining", "smoke"), progress=False)
+    assert artifact.path == built_by_chapter, "the library must find the chapter's model, not train another"
+    model = LlamaForCausalLM.from_pretrained(artifact.path)
+    ids = torch.tensor([[1, 2, 3]])
+    assert model(ids).logits.shape == (1, 3, model.config.vocab_size)
+    assert (artifact.path / "tokenizer.json").exists()
+
+
+def test_base_model_trains_on_a_cache_miss(smoke_book: runner.BookPaths, metrics: dict, monkeypatch) -> None:
+    from llmbook import profiles
+    from llmbook.model import DecoderLM
+    from llmbook.training.base_model import book_base_model
+
+    monkeypatch.setenv("LLMBOOK_CACHE", str(smoke_book.cache_dir))  # corpus and tokenizer come from the chapters
+    cfg = profiles.resolve("pretraining", "smoke", steps=10, eval_every=10, resume_steps=2)
+    artifact = book_base_model(cfg, progress=False)
+    assert artifact.key != metrics["base_model_key"]
+    model = DecoderLM.from_pretrained(artifact.path)
+    assert model.cfg.d_model == cfg.d_model and model.cfg.n_layers == cfg.n_layers

@@ -24,6 +24,8 @@ SMOKE = {
     "sweep_tokens": (8192, 24576),
     "heldout_d_model": 96,
     "peak_matmul_n": 512,
+    "dist_steps": 6,
+    "dist_engines": ("ddp",),
     "torch_threads": 1,
 }
 CPU = {
@@ -44,6 +46,8 @@ CPU = {
     "sweep_tokens": (16384, 49152, 131072),
     "heldout_d_model": 160,
     "peak_matmul_n": 1024,
+    "dist_steps": 20,
+    "dist_engines": ("ddp", "zero2", "zero3"),
     "torch_threads": None,
 }
 GPU = {
@@ -67,6 +71,8 @@ GPU = {
     "precision": "bf16",
     "compile": True,
     "peak_matmul_n": 4096,
+    "dist_steps": 50,
+    "dist_engines": ("ddp", "zero2", "zero3"),
     "torch_threads": None,
 }
 
@@ -93,6 +99,10 @@ class PretrainingConfig(TorchChapterConfig):
     precision: str = "fp32"  # "fp32" on CPU (bf16 is ~15x slower there), "bf16" on GPU
     compile: bool = False  # torch.compile the model (GPU only)
     peak_matmul_n: int = CPU["peak_matmul_n"]  # n of the n x n matmul that measures the CPU's peak FLOP/s
+    # data parallelism
+    dist_steps: int = CPU["dist_steps"]  # steps of the 1-process vs N-process comparison (0 = skip it)
+    dist_engines: tuple[str, ...] = CPU["dist_engines"]  # engines launched: "ddp", "zero1", "zero2", "zero3"
+    dist_nproc: int = 2  # processes per launched run (on a multi-GPU host: the GPU count)
     # resume test
     resume_steps: int = CPU["resume_steps"]  # steps before and after the checkpoint in the resume demonstration
     # decoding
@@ -126,6 +136,11 @@ class PretrainingConfig(TorchChapterConfig):
         self.check(self.peak_matmul_n >= 64, "peak_matmul_n", "must be at least 64")
         self.check(1 <= self.resume_steps and 2 * self.resume_steps <= self.steps, "resume_steps",
                    "must be in [1, steps / 2]")
+        self.check(self.dist_steps >= 0, "dist_steps", "must be >= 0 (0 skips the comparison)")
+        self.check(set(self.dist_engines) <= {"ddp", "zero1", "zero2", "zero3"}, "dist_engines",
+                   "each must be one of ('ddp', 'zero1', 'zero2', 'zero3')")
+        self.check(self.dist_nproc >= 2 and self.batch_size % self.dist_nproc == 0, "dist_nproc",
+                   f"must be >= 2 and divide batch_size={self.batch_size}")
         self.check(self.sample_tokens >= 1, "sample_tokens", "must be at least 1")
         self.check(len(self.sweep_d_models) * len(self.sweep_tokens) >= 5, "sweep_d_models",
                    "sweep_d_models x sweep_tokens must give at least 5 runs (the law has 5 parameters)")

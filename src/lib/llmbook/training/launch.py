@@ -52,11 +52,14 @@ class RunSpec:
     deepspeed_config: str | None = None  # a DeepSpeed JSON replacing the shipped zeroN.json
     seed: int = 0  # model init; the loader has its own seed
     torch_threads: int = 1  # intra-op threads per process (ranks share the cores)
+    device: str = "auto"  # "auto": GPUs where visible; "cpu": CPU and gloo even on a GPU host
     history_out: str | None = None  # rank 0 writes the per-step history here (JSON)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.device not in ("auto", "cpu"):
+            raise ValueError(f"device must be 'auto' or 'cpu', got {self.device!r}")
         if self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
         for name in ("model", "train", "loader"):  # hold what the JSON file will hold (tuples become lists)
@@ -96,7 +99,7 @@ def train_config(fields: dict[str, Any]) -> TrainConfig:
 def make_parallel(spec: RunSpec) -> SingleProcess:
     """The engine the spec names, set up for this process (reads torchrun's environment)."""
     if spec.engine == "single":
-        return SingleProcess()
+        return SingleProcess("cpu" if spec.device == "cpu" else None)
     if spec.engine == "ddp":
         return DataParallel()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -117,7 +120,7 @@ def train_run(spec: RunSpec, parallel: SingleProcess | None = None, *, progress:
     The same function runs in one process (``parallel`` = :class:`SingleProcess`, the default)
     and in every rank of a launched job.
     """
-    parallel = parallel or SingleProcess()
+    parallel = parallel or SingleProcess("cpu" if spec.device == "cpu" else None)
     torch.manual_seed(spec.seed)  # every rank starts from the same weights
     model = DecoderLM(model_config(spec.model)).to(parallel.device)
     loader = PackedLoader(np.load(spec.tokens, mmap_mode="r"), LoaderConfig(**spec.loader))
@@ -155,6 +158,8 @@ def launch(spec: RunSpec, nproc: int, workdir: str | Path, *, timeout_s: float |
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "llmbook.training.launch", str(spec_path)]
     env = {**os.environ, "OMP_NUM_THREADS": str(spec.torch_threads), "TQDM_DISABLE": "1"}
+    if spec.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # accelerate and DeepSpeed then pick the CPU and gloo
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
     if done.returncode != 0:
         lines = (done.stdout + done.stderr).splitlines()
