@@ -8,7 +8,8 @@ import torch
 
 from llmbook.model import DecoderLM, ModelConfig
 from llmbook.model import long_context as lc
-from llmbook.model.train_small import eval_loss, lr_at, random_windows, train_steps
+from llmbook.model.train_small import eval_loss, random_windows
+from llmbook.training import train_on_batches
 from llmbook.positional import RopeConfig, rope_parameters
 
 
@@ -25,11 +26,11 @@ def tiny(**changes) -> DecoderLM:
 
 
 
-def test_train_steps_reduces_loss_and_eval_matches_manual():
+def test_train_on_batches_reduces_loss_and_eval_matches_manual():
     # A repeating sequence is learnable in a few dozen steps: loss must drop well below log(V).
     tokens = torch.arange(16).repeat(64)
     model = tiny()
-    losses = train_steps(model, random_windows(tokens, batch_size=8, seq_len=16, seed=0), steps=40, lr=1e-2)
+    losses = train_on_batches(model, random_windows(tokens, batch_size=8, seq_len=16, seed=0), steps=40, lr=1e-2)
     assert len(losses) == 40 and losses[-1] < 0.5 * losses[0], f"first {losses[0]:.3f} last {losses[-1]:.3f}"
     loss = eval_loss(model, tokens, seq_len=16, max_windows=4)
     with torch.no_grad():
@@ -38,15 +39,15 @@ def test_train_steps_reduces_loss_and_eval_matches_manual():
     assert abs(loss - manual) < 1e-5, f"eval_loss {loss} vs manual {manual}"
 
 
-def test_random_windows_and_schedule():
+def test_random_windows_and_bad_input():
     batch = next(random_windows(torch.arange(100), batch_size=3, seq_len=10, seed=1))
     assert batch.shape == (3, 10) and bool(((batch[:, 1:] - batch[:, :-1]) == 1).all())  # contiguous windows
-    assert lr_at(0, steps=100, lr=1.0, warmup=10) == pytest.approx(0.1)
-    assert lr_at(100, steps=100, lr=1.0, warmup=10) == pytest.approx(0.1)  # decays to lr / 10
     with pytest.raises(ValueError, match="seq_len"):
         next(random_windows(torch.arange(5), batch_size=1, seq_len=10))
     with pytest.raises(ValueError, match="steps"):
-        train_steps(tiny(), iter([]), steps=0, lr=1e-3)
+        train_on_batches(tiny(), iter([]), steps=0, lr=1e-3)
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        train_on_batches(tiny(), random_windows(torch.arange(100), batch_size=2, seq_len=8), steps=5, lr=1e9, grad_clip=0)
 
 
 def test_with_rope_swaps_frequencies_keeps_weights():

@@ -17,6 +17,7 @@ from llmbook.training.loop import (
     accumulate_gradients,
     bits_per_byte,
     evaluate,
+    train_on_batches,
     train_step,
 )
 from llmbook.training.memory import (
@@ -89,6 +90,7 @@ __all__ = [
     "save_checkpoint",
     "set_lr",
     "tokenize_corpus",
+    "train_on_batches",
     "train_step",
     "wsd",
     "wsd_phases",

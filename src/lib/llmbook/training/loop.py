@@ -225,12 +225,14 @@ class Trainer:
             parallel=self.parallel,
         )
         seconds = time.perf_counter() - t0
+        if not math.isfinite(metrics["loss"]):
+            raise FloatingPointError(f"loss became {metrics['loss']} at step {self.step + 1} (lr {lr:.3g}); lower the learning rate")
         self.step += 1
         row = {"step": float(self.step), "lr": lr, **metrics, "seconds": seconds, "tokens_per_s": metrics["tokens"] / seconds}
         self.history.append(row)
         return row
 
-    def run(self, until_step: int | None = None, *, progress: bool = False) -> list[dict[str, float]]:
+    def run(self, until_step: int | None = None, *, progress: bool = False, desc: str = "train") -> list[dict[str, float]]:
         """Train until ``until_step`` (default: the schedule's total); returns the new history rows."""
         until = self.cfg.schedule.total_steps if until_step is None else until_step
         rows = []
@@ -238,7 +240,7 @@ class Trainer:
         if progress and self.parallel.rank == 0:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=until, initial=self.step, desc="train", unit="step")  # tqdm shows the ETA
+            bar = tqdm(total=until, initial=self.step, desc=desc, unit="step")  # tqdm shows the ETA
         while self.step < until:
             row = self.train_step()
             rows.append(row)
@@ -273,3 +275,32 @@ class Trainer:
                                 loader=self.loader, scaler=self.scaler)
         self.step = int(state["step"])
         return state
+
+
+def train_on_batches(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    *,
+    steps: int,
+    lr: float,
+    warmup: int | None = None,
+    weight_decay: float = 0.1,
+    grad_clip: float = 1.0,
+    progress: bool = False,
+    desc: str = "train",
+) -> list[float]:
+    """Train ``model`` on ``steps`` batches of ``(B, T)`` token windows; return the per-step losses.
+
+    A :class:`Trainer` with the pretraining recipe, for ablations that compare models: AdamW (betas 0.9, 0.95, decay on
+    matrices only), linear warm-up over ``warmup`` steps (default 10 %) then cosine decay to
+    ``lr / 10``, global-norm clipping at ``grad_clip`` (0 = off). The model is left in eval mode.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    warmup = max(1, steps // 10) if warmup is None else warmup
+    schedule = ScheduleConfig(kind="cosine", total_steps=steps, warmup_steps=warmup, min_lr_ratio=0.1)
+    cfg = TrainConfig(lr=lr, weight_decay=weight_decay, grad_clip=grad_clip or None, schedule=schedule)
+    loader = ({"input_ids": x, "labels": x} for x in batches)  # the model shifts labels itself
+    rows = Trainer(model, loader, cfg).run(progress=progress, desc=desc)
+    model.eval()
+    return [row["loss"] for row in rows]
