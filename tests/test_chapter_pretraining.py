@@ -90,3 +90,16 @@ def test_base_model_trains_on_a_cache_miss(smoke_book: runner.BookPaths, metrics
     assert artifact.key != metrics["base_model_key"]
     model = DecoderLM.from_pretrained(artifact.path)
     assert model.cfg.d_model == cfg.d_model and model.cfg.n_layers == cfg.n_layers
+
+
+def test_pieces_match_their_libraries(metrics: dict) -> None:
+    """AdamW, clipping, accumulation, both schedules and the loss scaler, on the chapter's model."""
+    for key in ("adamw", "clip", "accumulation", "cosine", "wsd", "scaler"):
+        assert metrics[f"check_{key}_max_abs_diff"] < 1e-5, (key, metrics[f"check_{key}_max_abs_diff"])
+    assert metrics["fp16_tiny_unscaled"] == 0.0 and metrics["fp16_tiny_scaled_rel_err"] < 1e-2
+
+
+def test_decoding_matches_transformers(metrics: dict) -> None:
+    assert metrics["greedy_equals_hf"] is True
+    assert metrics["beam_equals_hf"] is True
+    assert metrics["filters_max_abs_diff"] < 1e-5 and metrics["filters_kept_tokens"] >= 1
