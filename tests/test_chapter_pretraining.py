@@ -56,8 +56,7 @@ def test_two_processes_follow_one(metrics: dict) -> None:
 
 
 def test_activation_checkpointing_saves_memory(metrics: dict) -> None:
-    assert metrics["ckpt_peak_saving"] > 0.1, metrics["ckpt_peak_saving"]
-    assert metrics["ckpt_formula_saving"] > 0, metrics["ckpt_formula_saving"]
+    assert metrics["ckpt_peak_saving"] > 0.1, metrics["ckpt_peak_saving"]  # measured, forward + backward peak
 
 
 def test_base_model_artifact_loads_in_transformers(smoke_book: runner.BookPaths, metrics: dict, monkeypatch) -> None:

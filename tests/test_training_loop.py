@@ -182,3 +182,16 @@ def test_bf16_training_on_gpu() -> None:
     x = torch.randint(0, 50, (4, 32), generator=torch.Generator().manual_seed(0))
     losses = [train_step(model, opt, [{"input_ids": x, "labels": x}], precision="bf16")["loss"] for _ in range(20)]
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_micro_batch_without_scored_tokens_adds_nothing() -> None:
+    x = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(2))
+    empty = {"input_ids": x[:1], "labels": torch.full_like(x[:1], -100)}  # e.g. a padded row
+    scored = {"input_ids": x[1:], "labels": x[1:].clone()}
+    with_empty, alone = tiny_model(), tiny_model()
+    loss_with_empty, n = accumulate_gradients(with_empty, [empty, scored])
+    loss_alone, _ = accumulate_gradients(alone, [scored])
+    assert n == 15 and math.isfinite(loss_with_empty), loss_with_empty
+    assert abs(loss_with_empty - loss_alone) < 1e-6, (loss_with_empty, loss_alone)
+    d = max((a - b).abs().max().item() for a, b in zip(grads(with_empty), grads(alone)))
+    assert d < 1e-6, f"grad max_abs_diff={d:.3e}"

@@ -74,8 +74,8 @@ class MoEFeedForward(nn.Module):
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             token, slot = torch.where(idx == e)  # tokens routed to expert e, and in which of their k slots
-            if token.numel() == 0:
-                continue
+            # an expert with no token still runs (on 0 rows): its weights get a zero gradient rather than
+            # none, so every step updates the same parameters and data-parallel ranks stay in step
             y = expert(flat[token]) * gates[token, slot, None]  # (n_e, C)
             out.index_add_(0, token, y)
         aux = load_balancing_loss(probs, idx, self.cfg.n_experts)

@@ -126,7 +126,7 @@ def train_base_model(cfg: PretrainingConfig, split: CorpusSplit, *, progress: bo
 def base_model_key(cfg: PretrainingConfig, split: CorpusSplit) -> dict[str, Any]:
     """Everything that determines the trained weights (the artifact's cache key)."""
     _, precision = device_and_precision(cfg)
-    fields = ("steps", "lr", "batch_size", "seq_len", "warmup_steps", "min_lr_ratio", "weight_decay", "seed")
+    fields = ("val_fraction", "steps", "lr", "batch_size", "seq_len", "warmup_steps", "min_lr_ratio", "weight_decay", "seed")
     return {"version": BASE_MODEL_VERSION, "model": dataclasses.asdict(base_model_config(cfg, split.tokenizer.vocab_size)),
             "corpus": split.corpus_key, "precision": precision, **{f: getattr(cfg, f) for f in fields}}
 

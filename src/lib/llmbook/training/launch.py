@@ -49,7 +49,7 @@ class RunSpec:
     train: dict[str, Any]  # TrainConfig fields; schedule as a nested dict
     loader: dict[str, Any]  # LoaderConfig fields; batch_size is the GLOBAL micro-batch, split over ranks
     engine: str = "ddp"  # one of ENGINES
-    deepspeed_config: str | None = None  # a DeepSpeed JSON replacing the shipped zeroN.json
+    deepspeed_config: str | None = None  # a DeepSpeed JSON replacing the shipped zeroN.json (zero engines only)
     seed: int = 0  # model init; the loader has its own seed
     torch_threads: int = 1  # intra-op threads per process (ranks share the cores)
     device: str = "auto"  # "auto": GPUs where visible; "cpu": CPU and gloo even on a GPU host
@@ -58,6 +58,8 @@ class RunSpec:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.deepspeed_config is not None and self.engine not in ZERO_CONFIGS:
+            raise ValueError(f"deepspeed_config is read by the engines {ZERO_CONFIGS} only, not {self.engine!r}")
         if self.device not in ("auto", "cpu"):
             raise ValueError(f"device must be 'auto' or 'cpu', got {self.device!r}")
         if self.torch_threads < 1:
@@ -98,11 +100,14 @@ def train_config(fields: dict[str, Any]) -> TrainConfig:
 
 def make_parallel(spec: RunSpec) -> SingleProcess:
     """The engine the spec names, set up for this process (reads torchrun's environment)."""
+    cpu = spec.device == "cpu"
     if spec.engine == "single":
-        return SingleProcess("cpu" if spec.device == "cpu" else None)
+        return SingleProcess("cpu" if cpu else None)
     if spec.engine == "ddp":
-        return DataParallel()
+        return DataParallel(cpu=cpu)
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if spec.loader["batch_size"] % world:
+        raise ValueError(f"loader batch_size {spec.loader['batch_size']} must be divisible by the {world} processes")
     train = train_config(spec.train)
     ds_cfg = deepspeed_config(
         spec.deepspeed_config or spec.engine,
@@ -111,16 +116,19 @@ def make_parallel(spec: RunSpec) -> SingleProcess:
         grad_clip=train.grad_clip,
         precision=train.precision,
     )
-    return DeepSpeedZero(ds_cfg)
+    stage = ds_cfg.get("zero_optimization", {}).get("stage")
+    if stage != int(spec.engine[-1]):
+        raise ValueError(f"engine {spec.engine!r} but the DeepSpeed config has ZeRO stage {stage}")
+    return DeepSpeedZero(ds_cfg, cpu=cpu)
 
 
 def train_run(spec: RunSpec, parallel: SingleProcess | None = None, *, progress: bool = False) -> list[dict[str, float]]:
     """Build model, loader and trainer from ``spec`` and train; returns the per-step history.
 
-    The same function runs in one process (``parallel`` = :class:`SingleProcess`, the default)
-    and in every rank of a launched job.
+    The same function runs in one process (``parallel`` None: one process on ``spec.device``,
+    whatever ``spec.engine`` says) and in every rank of a launched job.
     """
-    parallel = parallel or SingleProcess("cpu" if spec.device == "cpu" else None)
+    parallel = parallel or make_parallel(dataclasses.replace(spec, engine="single", deepspeed_config=None))
     torch.manual_seed(spec.seed)  # every rank starts from the same weights
     model = DecoderLM(model_config(spec.model)).to(parallel.device)
     loader = PackedLoader(np.load(spec.tokens, mmap_mode="r"), LoaderConfig(**spec.loader))
@@ -143,14 +151,16 @@ def main(argv: list[str] | None = None) -> None:
     parallel.barrier()
 
 
-def launch(spec: RunSpec, nproc: int, workdir: str | Path, *, timeout_s: float | None = 900) -> list[dict[str, float]]:
+def launch(spec: RunSpec, nproc: int, workdir: str | Path, *, timeout_s: float = 900) -> list[dict[str, float]]:
     """Run ``spec`` on ``nproc`` local processes with ``torchrun``; returns rank 0's history.
 
-    Writes ``run.json`` and ``history.json`` into ``workdir``. A failed job raises ``RuntimeError``
-    with the end of its output.
+    Writes ``run.json`` and ``history.json`` into ``workdir``. A failed or timed-out job raises
+    ``RuntimeError`` naming the workers' own exception.
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
+    if spec.engine == "single" and nproc > 1:
+        raise ValueError(f"engine 'single' on {nproc} processes would train {nproc} separate copies; use 'ddp' or a ZeRO engine")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     spec = dataclasses.replace(spec, history_out=str(workdir / "history.json"))
@@ -159,13 +169,23 @@ def launch(spec: RunSpec, nproc: int, workdir: str | Path, *, timeout_s: float |
            "-m", "llmbook.training.launch", str(spec_path)]
     env = {**os.environ, "OMP_NUM_THREADS": str(spec.torch_threads), "TQDM_DISABLE": "1"}
     if spec.device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # accelerate and DeepSpeed then pick the CPU and gloo
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
-    if done.returncode != 0:
-        lines = (done.stdout + done.stderr).splitlines()
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the engines are told cpu=True; this also keeps CUDA out of the workers
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # torchrun passes SIGTERM on to its workers, which a kill would orphan
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise RuntimeError(f"{nproc}-process run (engine {spec.engine}) did not finish in {timeout_s} s") from None
+    if proc.returncode != 0:
+        lines = output.splitlines()
         errors = [l for l in lines if re.match(r"^(\[rank\d+\]: )?[\w.]+(Error|Exception): ", l) and "ChildFailedError" not in l]
         cause = errors[-1] if errors else "\n".join(lines[-25:])  # the workers' own exception, not torchrun's summary
-        raise RuntimeError(f"{nproc}-process run (engine {spec.engine}) failed with exit code {done.returncode}: {cause}")
+        raise RuntimeError(f"{nproc}-process run (engine {spec.engine}) failed with exit code {proc.returncode}: {cause}")
     return json.loads((workdir / "history.json").read_text())
 
 

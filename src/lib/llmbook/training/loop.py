@@ -81,7 +81,8 @@ def accumulate_gradients(
                 loss = _forward_loss(model, batch)
             scaled = loss.float() * (parallel.world_size * n_i / n_total)
             parallel.backward(scaler.scale(scaled) if scaler is not None else scaled)
-        loss_sum += float(loss.detach()) * n_i
+        if n_i:  # a micro-batch without scored tokens has a NaN mean loss (0 / 0) and weight 0
+            loss_sum += float(loss.detach()) * n_i
     return parallel.all_reduce_sum(loss_sum) / n_total, n_total
 
 
@@ -99,17 +100,17 @@ def train_step(
 
     ``micro_batches`` are this rank's. Returns ``loss`` (token-weighted mean over the micro-batches
     of every rank), ``grad_norm`` (before clipping), ``tokens`` (input tokens processed by all
-    ranks) and ``skipped`` (1.0 if fp16 overflowed). An engine that owns the step (DeepSpeed)
-    clips and steps inside its backward.
+    ranks) and ``skipped`` (1.0 if the gradients overflowed). An engine that owns the step
+    (DeepSpeed) clips to its config's ``gradient_clipping`` (not ``grad_clip``) and steps inside its backward.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp16" and scaler is None:
         raise ValueError("precision='fp16' needs a DynamicLossScaler (scaler=...)")
     loss, _ = accumulate_gradients(model, micro_batches, precision=precision, scaler=scaler, parallel=parallel)
-    found_inf = False
-    if parallel.owns_optimizer_step:
+    if parallel.owns_optimizer_step:  # clipped to the engine's own setting, stepped, or skipped on overflow
         grad_norm = parallel.grad_norm()
+        found_inf = not math.isfinite(grad_norm)
     else:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         found_inf = scaler.unscale_(params) if scaler is not None else False
@@ -203,6 +204,7 @@ class Trainer:
         optimizer: torch.optim.Optimizer | None = None,
         parallel: SingleProcess = SINGLE_PROCESS,
     ) -> None:
+        parallel.check_train_config(cfg.accum_steps, cfg.grad_clip)
         optimizer = optimizer or AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
         self.model, self.optimizer = parallel.prepare(model, optimizer)
         self.loader, self.cfg, self.parallel = loader, cfg, parallel

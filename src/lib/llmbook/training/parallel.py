@@ -58,8 +58,11 @@ class SingleProcess:
         return model, optimizer
 
     def unwrap(self, model: nn.Module) -> nn.Module:
-        """The user's model inside whatever :meth:`prepare` wrapped it in."""
-        return model
+        """The user's model inside whatever :meth:`prepare` (or ``torch.compile``) wrapped it in."""
+        return getattr(model, "_orig_mod", model)
+
+    def check_train_config(self, accum_steps: int, grad_clip: float | None) -> None:
+        """Raise if the engine was set up for another accumulation or clipping than the run's."""
 
     def shard(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This rank's rows of a global batch ``(B, T)``: rows ``[r B/W, (r+1) B/W)``."""
@@ -89,39 +92,46 @@ class SingleProcess:
 
 
 class _Distributed(SingleProcess):
-    """Shared by the multi-process engines: rank, world size and a float all-reduce over torch.distributed."""
+    """Shared by the multi-process engines: a float all-reduce and a barrier over torch.distributed.
+
+    Outside a launcher (no process group) they act as one process, so an engine also runs in a notebook.
+    """
 
     def all_reduce_sum(self, value: float) -> float:
+        if not torch.distributed.is_initialized():
+            return value
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t)
         return float(t)
 
     def barrier(self) -> None:
-        torch.distributed.barrier()
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
 
 
 class DataParallel(_Distributed):
     """PyTorch DistributedDataParallel set up by ``accelerate`` (gloo on CPU, NCCL on GPUs).
 
     During gradient accumulation, every micro-batch but the last runs under DDP's ``no_sync`` so
-    gradients are all-reduced once per optimizer step, not once per micro-batch.
+    gradients are all-reduced once per optimizer step, not once per micro-batch. DDP expects every
+    parameter to get a gradient in every step (the book's mixture of experts runs idle experts on
+    zero rows for that reason).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, cpu: bool = False) -> None:
         try:
             from accelerate import Accelerator
         except ImportError as err:
             raise ImportError("DataParallel needs accelerate: pip install 'llmbook[distributed]'") from err
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.accelerator = Accelerator(cpu=cpu or not torch.cuda.is_available())
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
-        model, optimizer = self.accelerator.prepare(model, optimizer)
-        return model, optimizer
+        return self.accelerator.prepare(model, optimizer)
 
     def unwrap(self, model: nn.Module) -> nn.Module:
-        return self.accelerator.unwrap_model(model)
+        return super().unwrap(self.accelerator.unwrap_model(model))
 
     def accumulating(self, model: nn.Module, *, last: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if last else self.accelerator.no_sync(model)
@@ -175,32 +185,43 @@ class DeepSpeedZero(_Distributed):
 
     ``config`` is the output of :func:`deepspeed_config`. The engine scales nothing itself
     (``scale_wrt_gas=False``: the step already weights micro-batches by tokens), counts
-    micro-batches, and at the last one of a step clips and steps the sharded optimizer.
+    micro-batches, and at the last one of a step clips (``gradient_clipping`` of the config) and
+    steps the sharded optimizer: its :meth:`backward` is backward *and* step. ``cpu=True`` keeps
+    it on the CPU with gloo on a GPU host. Needs a launcher (``torchrun``) to set the ranks.
     """
 
     owns_optimizer_step = True
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], *, cpu: bool = False) -> None:
+        use_gpu = torch.cuda.is_available() and not cpu
+        if not use_gpu:
+            os.environ["DS_ACCELERATOR"] = "cpu"  # read when deepspeed picks its accelerator, at import
         try:
             import deepspeed
         except ImportError as err:
             raise ImportError("DeepSpeedZero needs deepspeed: DS_BUILD_OPS=0 pip install 'llmbook[distributed]'") from err
         self._deepspeed = deepspeed
         self.config = config
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         self.device = torch.device("cpu")
-        if torch.cuda.is_available():
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per rank
+        if use_gpu:  # one GPU per rank; modulo: some schedulers show each rank a single GPU
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
             torch.cuda.set_device(self.device)
         self.engine: Any = None
+
+    def check_train_config(self, accum_steps: int, grad_clip: float | None) -> None:
+        ds_accum, ds_clip = self.config["gradient_accumulation_steps"], self.config["gradient_clipping"]
+        if (ds_accum, ds_clip) != (accum_steps, grad_clip or 0.0):
+            raise ValueError(f"the DeepSpeed config has gradient_accumulation_steps={ds_accum}, gradient_clipping={ds_clip} "
+                             f"but the run uses {accum_steps}, {grad_clip}: build it with deepspeed_config(...) from the run")
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
         self.engine, optimizer, _, _ = self._deepspeed.initialize(model=model, optimizer=optimizer, config=self.config)
         return self.engine, optimizer
 
     def unwrap(self, model: nn.Module) -> nn.Module:
-        return model.module if hasattr(model, "module") else model
+        return super().unwrap(model.module if hasattr(model, "module") else model)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)
