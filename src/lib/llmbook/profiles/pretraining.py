@@ -24,6 +24,9 @@ SMOKE = {
     "sweep_tokens": (8192, 24576),
     "heldout_d_model": 96,
     "peak_matmul_n": 512,
+    "dist_d_model": 64,
+    "dist_n_layers": 2,
+    "dist_seq_len": 64,
     "dist_steps": 6,
     "dist_engines": ("ddp",),
     "torch_threads": 1,
@@ -46,6 +49,9 @@ CPU = {
     "sweep_tokens": (16384, 49152, 131072),
     "heldout_d_model": 160,
     "peak_matmul_n": 1024,
+    "dist_d_model": 96,
+    "dist_n_layers": 3,
+    "dist_seq_len": 128,
     "dist_steps": 20,
     "dist_engines": ("ddp", "zero2", "zero3"),
     "torch_threads": None,
@@ -71,6 +77,9 @@ GPU = {
     "precision": "bf16",
     "compile": True,
     "peak_matmul_n": 4096,
+    "dist_d_model": 192,
+    "dist_n_layers": 2,
+    "dist_seq_len": 128,
     "dist_steps": 50,
     "dist_engines": ("ddp", "zero2", "zero3"),
     "torch_threads": None,
@@ -101,6 +110,9 @@ class PretrainingConfig(TorchChapterConfig):
     peak_matmul_n: int = CPU["peak_matmul_n"]  # n of the n x n matmul that measures the CPU's peak FLOP/s
     # data parallelism
     dist_steps: int = CPU["dist_steps"]  # steps of the 1-process vs N-process comparison (0 = skip it)
+    dist_d_model: int = CPU["dist_d_model"]  # the comparison's model: small on GPU hosts, whose check may run on CPUs
+    dist_n_layers: int = CPU["dist_n_layers"]
+    dist_seq_len: int = CPU["dist_seq_len"]
     dist_engines: tuple[str, ...] = CPU["dist_engines"]  # engines launched: "ddp", "zero1", "zero2", "zero3"
     dist_nproc: int = 2  # processes per launched run (on a multi-GPU host: the GPU count)
     # resume test
@@ -137,6 +149,10 @@ class PretrainingConfig(TorchChapterConfig):
         self.check(1 <= self.resume_steps and 2 * self.resume_steps <= self.steps, "resume_steps",
                    "must be in [1, steps / 2]")
         self.check(self.dist_steps >= 0, "dist_steps", "must be >= 0 (0 skips the comparison)")
+        self.check(self.dist_d_model % self.n_heads == 0 and (self.dist_d_model // self.n_heads) % 2 == 0, "dist_d_model",
+                   f"must be a multiple of n_heads={self.n_heads} with an even quotient (RoPE)")
+        self.check(self.dist_n_layers >= 1 and self.dist_seq_len >= 8, "dist_n_layers",
+                   "dist_n_layers must be >= 1 and dist_seq_len >= 8")
         self.check(set(self.dist_engines) <= {"ddp", "zero1", "zero2", "zero3"}, "dist_engines",
                    "each must be one of ('ddp', 'zero1', 'zero2', 'zero3')")
         self.check(self.dist_nproc >= 2 and self.batch_size % self.dist_nproc == 0, "dist_nproc",
