@@ -98,11 +98,16 @@ def train_config(fields: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**fields, schedule=ScheduleConfig(**schedule))
 
 
+def one_process(spec: RunSpec) -> SingleProcess:
+    """No parallelism, on ``spec.device``."""
+    return SingleProcess("cpu" if spec.device == "cpu" else None)
+
+
 def make_parallel(spec: RunSpec) -> SingleProcess:
     """The engine the spec names, set up for this process (reads torchrun's environment)."""
     cpu = spec.device == "cpu"
     if spec.engine == "single":
-        return SingleProcess("cpu" if cpu else None)
+        return one_process(spec)
     if spec.engine == "ddp":
         return DataParallel(cpu=cpu)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -128,7 +133,7 @@ def train_run(spec: RunSpec, parallel: SingleProcess | None = None, *, progress:
     The same function runs in one process (``parallel`` None: one process on ``spec.device``,
     whatever ``spec.engine`` says) and in every rank of a launched job.
     """
-    parallel = parallel or make_parallel(dataclasses.replace(spec, engine="single", deepspeed_config=None))
+    parallel = parallel or one_process(spec)
     torch.manual_seed(spec.seed)  # every rank starts from the same weights
     model = DecoderLM(model_config(spec.model)).to(parallel.device)
     loader = PackedLoader(np.load(spec.tokens, mmap_mode="r"), LoaderConfig(**spec.loader))
