@@ -50,6 +50,12 @@ class TorchChapterConfig(ChapterConfig):
     def validate(self) -> None:
         self.check(self.torch_threads is None or self.torch_threads >= 1, "torch_threads", "must be None or >= 1")
 
+    def check_head_split(self, width_key: str, n_heads: int) -> None:
+        """The model width ``width_key`` splits into ``n_heads`` heads of even size (RoPE rotates pairs of dims)."""
+        width = getattr(self, width_key)
+        self.check(width % n_heads == 0, width_key, f"must be divisible by n_heads={n_heads}")
+        self.check((width // n_heads) % 2 == 0, width_key, f"{width_key} / n_heads must be even (RoPE pairs dims)")
+
     def apply_threads(self) -> None:
         """Set torch's intra-op thread count from the profile (None leaves torch's default)."""
         if self.torch_threads is not None:

@@ -132,8 +132,7 @@ class PretrainingConfig(TorchChapterConfig):
         super().validate()
         self.check(self.data_profile in PROFILES, "data_profile", f"must be one of {PROFILES}")
         self.check(0 < self.val_fraction < 0.5, "val_fraction", "must be in (0, 0.5)")
-        self.check(self.d_model % self.n_heads == 0, "d_model", f"must be divisible by n_heads={self.n_heads}")
-        self.check((self.d_model // self.n_heads) % 2 == 0, "d_model", "d_model / n_heads must be even (RoPE pairs dims)")
+        self.check_head_split("d_model", self.n_heads)
         self.check(self.n_layers >= 1, "n_layers", "must be at least 1")
         self.check(self.seq_len >= 8, "seq_len", "must be at least 8")
         self.check(self.batch_size >= 1, "batch_size", "must be at least 1")
@@ -149,8 +148,7 @@ class PretrainingConfig(TorchChapterConfig):
         self.check(1 <= self.resume_steps and 2 * self.resume_steps <= self.steps, "resume_steps",
                    "must be in [1, steps / 2]")
         self.check(self.dist_steps >= 0, "dist_steps", "must be >= 0 (0 skips the comparison)")
-        self.check(self.dist_d_model % self.n_heads == 0 and (self.dist_d_model // self.n_heads) % 2 == 0, "dist_d_model",
-                   f"must be a multiple of n_heads={self.n_heads} with an even quotient (RoPE)")
+        self.check_head_split("dist_d_model", self.n_heads)
         self.check(self.dist_n_layers >= 1 and self.dist_seq_len >= 8, "dist_n_layers",
                    "dist_n_layers must be >= 1 and dist_seq_len >= 8")
         self.check(set(self.dist_engines) <= {"ddp", "zero1", "zero2", "zero3"}, "dist_engines",
