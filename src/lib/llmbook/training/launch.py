@@ -153,7 +153,19 @@ def main(argv: list[str] | None = None) -> None:
     history = train_run(spec, parallel, progress=True)
     if parallel.rank == 0 and spec.history_out:
         Path(spec.history_out).write_text(json.dumps(history))
-    parallel.barrier()
+    parallel.close()
+
+
+def worker_failure(output: str) -> str:
+    """The workers' own error in torchrun's output, not torchrun's summary of it."""
+    lines = output.splitlines()
+    errors = [l for l in lines if re.match(r"^(\[rank\d+\]: )?[\w.]+(Error|Exception): ", l) and "ChildFailedError" not in l]
+    if errors:
+        return errors[-1]
+    # a native crash: the C++ message and faulthandler's Python stack, which come before the summary
+    fatal = [i for i, l in enumerate(lines) if re.search(r"terminate called|what\(\):|Fatal Python error", l)]
+    start = fatal[0] if fatal else max(len(lines) - 25, 0)
+    return "\n".join(lines[start:start + 40])
 
 
 def launch(spec: RunSpec, nproc: int, workdir: str | Path, *, timeout_s: float = 900) -> list[dict[str, float]]:
@@ -172,7 +184,8 @@ def launch(spec: RunSpec, nproc: int, workdir: str | Path, *, timeout_s: float =
     spec_path = spec.save(workdir / "run.json")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "llmbook.training.launch", str(spec_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec.torch_threads), "TQDM_DISABLE": "1"}
+    # faulthandler: a worker killed by a signal (e.g. a C++ abort) still prints its Python stack
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec.torch_threads), "TQDM_DISABLE": "1", "PYTHONFAULTHANDLER": "1"}
     if spec.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # the engines are told cpu=True; this also keeps CUDA out of the workers
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -186,11 +199,11 @@ def launch(spec: RunSpec, nproc: int, workdir: str | Path, *, timeout_s: float =
             proc.kill()
             proc.communicate()
         raise RuntimeError(f"{nproc}-process run (engine {spec.engine}) did not finish in {timeout_s} s") from None
+    log = workdir / "launch.log"
+    log.write_text(output)
     if proc.returncode != 0:
-        lines = output.splitlines()
-        errors = [l for l in lines if re.match(r"^(\[rank\d+\]: )?[\w.]+(Error|Exception): ", l) and "ChildFailedError" not in l]
-        cause = errors[-1] if errors else "\n".join(lines[-25:])  # the workers' own exception, not torchrun's summary
-        raise RuntimeError(f"{nproc}-process run (engine {spec.engine}) failed with exit code {proc.returncode}: {cause}")
+        raise RuntimeError(f"{nproc}-process run (engine {spec.engine}) failed with exit code {proc.returncode}: "
+                           f"{worker_failure(output)}\n(full output: {log})")
     return json.loads((workdir / "history.json").read_text())
 
 

@@ -90,6 +90,9 @@ class SingleProcess:
     def barrier(self) -> None:
         """Wait until every rank gets here."""
 
+    def close(self) -> None:
+        """End the run on this rank (call it on every rank, last)."""
+
 
 class _Distributed(SingleProcess):
     """Shared by the multi-process engines: a float all-reduce and a barrier over torch.distributed.
@@ -107,6 +110,13 @@ class _Distributed(SingleProcess):
     def barrier(self) -> None:
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
+
+    def close(self) -> None:
+        # every rank waits, then tears its connections down: a rank that exits while a peer's gloo
+        # connection is still open can make that peer abort (gloo::IoException "Connection closed by peer")
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
 
 class DataParallel(_Distributed):
