@@ -53,6 +53,9 @@ def test_scaling_fit_prediction_recorded(metrics: dict) -> None:
 def test_two_processes_follow_one(metrics: dict) -> None:
     assert metrics["dist_nproc"] == 2 and metrics["dist_steps"] > 0
     assert metrics["dist_max_diff_ddp"] < 1e-5, metrics["dist_max_diff_ddp"]
+    # the launched run, resumed half-way from its checkpoint by a new job, is the same run
+    assert metrics["dist_resume_step"] == metrics["dist_steps"] // 2
+    assert metrics["dist_resume_max_abs_diff"] == 0.0, metrics["dist_resume_max_abs_diff"]
 
 
 def test_activation_checkpointing_saves_memory(metrics: dict) -> None:

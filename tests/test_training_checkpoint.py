@@ -73,7 +73,7 @@ def test_checkpoint_files_have_no_pickle(tmp_path) -> None:
     np.random.seed(7)
     random.seed(7)
     path = save_checkpoint(tmp_path / "c", model=t.model, optimizer=t.optimizer, step=2, loader=t.loader)
-    assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "optimizer.safetensors", "trainer_state.json"]
+    assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"]
     meta = json.loads((path / "trainer_state.json").read_text())
     assert meta["step"] == 2 and meta["loader"]["cursor"] == 8
     np.random.rand(), random.random()
@@ -86,3 +86,8 @@ def test_checkpoint_files_have_no_pickle(tmp_path) -> None:
     assert torch.equal(ref.state_dict()["state"][0]["exp_avg"], t.optimizer.state_dict()["state"][0]["exp_avg"])
     with pytest.raises(ValueError, match="checkpoint directory"):
         load_checkpoint(tmp_path, model=t.model)
+    # a ZeRO run's checkpoint leaves model and optimizer to the engine's shards: a plain load says so
+    sharded = save_checkpoint(tmp_path / "zero", model=None, optimizer=None, step=2, loader=t.loader)
+    assert not (sharded / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="ZeRO"):
+        load_checkpoint(sharded, model=t.model)

@@ -150,3 +150,20 @@ def test_spec_round_trips_and_rejects_unknown_engine(tmp_path) -> None:
         dataclasses.replace(spec, engine="fsdp")
     with pytest.raises(ValueError, match="deepspeed_config"):
         dataclasses.replace(spec, engine="ddp", deepspeed_config="zero2.json")
+    with pytest.raises(ValueError, match="needs a checkpoint_dir"):
+        dataclasses.replace(spec, checkpoint_every=2)
+
+
+@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3"])
+def test_two_process_run_resumes_exactly(tmp_path, engine: str) -> None:
+    # one run checkpoints at steps 4 and 8; a new job resumes from step 4: its steps 5-8 must be the same to the bit.
+    # Under ZeRO each rank writes and reads its own shard (DeepSpeed's files), the rest is the Trainer's.
+    spec = dataclasses.replace(make_spec(tmp_path, engine), checkpoint_every=STEPS // 2, checkpoint_dir=str(tmp_path / "ckpt"))
+    full = launch(spec, 2, tmp_path / "full")
+    step4 = tmp_path / "ckpt" / f"step-{STEPS // 2:06d}"
+    files = {p.name for p in step4.iterdir()}
+    assert {"trainer_state.json", "rng.safetensors"} <= files
+    assert ("model.safetensors" in files) == (engine == "ddp"), files  # ZeRO: the engine's shards instead
+    resumed = launch(dataclasses.replace(spec, checkpoint_every=0, resume_from=str(step4)), 2, tmp_path / "resumed")
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full[STEPS // 2:]], (full, resumed)
+    assert [r["step"] for r in resumed] == [r["step"] for r in full[STEPS // 2:]]

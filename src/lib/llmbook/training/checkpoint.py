@@ -3,9 +3,14 @@
 A directory holds::
 
     model.safetensors       model weights (tied tensors stored once)
-    optimizer.safetensors   optimizer state tensors ("state.<param index>.<name>") + torch RNG states
+    optimizer.safetensors   optimizer state tensors ("state.<param index>.<name>")
+    rng.safetensors         torch RNG states (CPU and each CUDA device)
     trainer_state.json      step, optimizer param groups and scalar state, data-loader position,
                             loss-scaler state, numpy and python RNG states, user extras
+
+A DeepSpeed ZeRO run shards the model and optimizer states over the ranks, so the engine writes
+those itself (``deepspeed/`` in DeepSpeed's own format, one file per rank) and the two model and
+optimizer files are left out: ``model=None, optimizer=None`` below.
 
 Exact resumption needs *all* of: weights, optimizer moments and step counts, the LR schedule's
 position (here a pure function of the step), the loader's position, and every RNG that the
@@ -26,7 +31,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "trainer_state.json"
+MODEL_FILE, OPTIM_FILE, RNG_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -92,20 +97,27 @@ def join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 def save_checkpoint(
     path: str | Path,
     *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: nn.Module | None,
+    optimizer: torch.optim.Optimizer | None,
     step: int,
     loader: Any = None,
     scaler: Any = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint directory ``path`` (created if needed); returns it."""
+    """Write the checkpoint directory ``path`` (created if needed); returns it.
+
+    ``model`` / ``optimizer`` None: their states are saved elsewhere (by a ZeRO engine).
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(path / MODEL_FILE))
-    opt_tensors, opt_meta = split_optimizer_state(optimizer.state_dict())
+    opt_meta = None
+    if model is not None:
+        save_model(model, str(path / MODEL_FILE))
+    if optimizer is not None:
+        opt_tensors, opt_meta = split_optimizer_state(optimizer.state_dict())
+        save_file(opt_tensors, str(path / OPTIM_FILE))
     rng_tensors, rng_json = rng_state()
-    save_file({**opt_tensors, **rng_tensors}, str(path / OPTIM_FILE))
+    save_file(rng_tensors, str(path / RNG_FILE))
     state = {
         "step": int(step),
         "optimizer": opt_meta,
@@ -121,7 +133,7 @@ def save_checkpoint(
 def load_checkpoint(
     path: str | Path,
     *,
-    model: nn.Module,
+    model: nn.Module | None,
     optimizer: torch.optim.Optimizer | None = None,
     loader: Any = None,
     scaler: Any = None,
@@ -132,16 +144,19 @@ def load_checkpoint(
     if not (path / STATE_FILE).exists():
         raise ValueError(f"path must be a checkpoint directory containing {STATE_FILE}, got {path}")
     state = json.loads((path / STATE_FILE).read_text())
-    missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=True)
-    if missing or unexpected:
-        raise RuntimeError(f"model mismatch: missing {missing}, unexpected {unexpected}")
-    tensors = load_file(str(path / OPTIM_FILE))
+    for obj, name in ((model, MODEL_FILE), (optimizer, OPTIM_FILE)):
+        if obj is not None and not (path / name).exists():
+            raise ValueError(f"{path} has no {name}: it was saved by a DeepSpeed ZeRO run, load it with a ZeRO engine")
+    if model is not None:
+        missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=True)
+        if missing or unexpected:
+            raise RuntimeError(f"model mismatch: missing {missing}, unexpected {unexpected}")
     if optimizer is not None:
-        optimizer.load_state_dict(join_optimizer_state(tensors, state["optimizer"]))
+        optimizer.load_state_dict(join_optimizer_state(load_file(str(path / OPTIM_FILE)), state["optimizer"]))
     if loader is not None and state["loader"] is not None:
         loader.load_state_dict(state["loader"])
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
     if restore_rng:
-        set_rng_state(tensors, state["rng"])
+        set_rng_state(load_file(str(path / RNG_FILE)), state["rng"])
     return state

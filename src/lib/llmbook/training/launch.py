@@ -54,6 +54,10 @@ class RunSpec:
     torch_threads: int = 1  # intra-op threads per process (ranks share the cores)
     device: str = "auto"  # "auto": GPUs where visible; "cpu": CPU and gloo even on a GPU host
     history_out: str | None = None  # rank 0 writes the per-step history here (JSON)
+    stop_after: int | None = None  # stop at this step, before the schedule ends (an interrupted run)
+    checkpoint_every: int = 0  # save checkpoint_dir/step-<step> every that many steps (0: never)
+    checkpoint_dir: str | None = None
+    resume_from: str | None = None  # a checkpoint directory to continue from (same engine and process count)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -62,6 +66,10 @@ class RunSpec:
             raise ValueError(f"deepspeed_config is read by the engines {ZERO_CONFIGS} only, not {self.engine!r}")
         if self.device not in ("auto", "cpu"):
             raise ValueError(f"device must be 'auto' or 'cpu', got {self.device!r}")
+        if self.checkpoint_every < 0 or (self.checkpoint_every and not self.checkpoint_dir):
+            raise ValueError(f"checkpoint_every must be >= 0 and needs a checkpoint_dir, got {self.checkpoint_every}, {self.checkpoint_dir!r}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ValueError(f"stop_after must be >= 1 or None, got {self.stop_after}")
         if self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
         for name in ("model", "train", "loader"):  # hold what the JSON file will hold (tuples become lists)
@@ -138,7 +146,9 @@ def train_run(spec: RunSpec, parallel: SingleProcess | None = None, *, progress:
     model = DecoderLM(model_config(spec.model)).to(parallel.device)
     loader = PackedLoader(np.load(spec.tokens, mmap_mode="r"), LoaderConfig(**spec.loader))
     trainer = Trainer(model, loader, train_config(spec.train), parallel=parallel)
-    trainer.run(progress=progress)
+    if spec.resume_from:
+        trainer.load(spec.resume_from)
+    trainer.run(spec.stop_after, progress=progress, checkpoint_every=spec.checkpoint_every, checkpoint_dir=spec.checkpoint_dir)
     return trainer.history
 
 

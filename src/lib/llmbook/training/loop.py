@@ -234,9 +234,22 @@ class Trainer:
         self.history.append(row)
         return row
 
-    def run(self, until_step: int | None = None, *, progress: bool = False, desc: str = "train") -> list[dict[str, float]]:
-        """Train until ``until_step`` (default: the schedule's total); returns the new history rows."""
+    def run(
+        self,
+        until_step: int | None = None,
+        *,
+        progress: bool = False,
+        desc: str = "train",
+        checkpoint_every: int = 0,
+        checkpoint_dir: str | Path | None = None,
+    ) -> list[dict[str, float]]:
+        """Train until ``until_step`` (default: the schedule's total); returns the new history rows.
+
+        ``checkpoint_every`` > 0 saves ``checkpoint_dir/step-<step>`` every that many steps.
+        """
         until = self.cfg.schedule.total_steps if until_step is None else until_step
+        if checkpoint_every < 0 or (checkpoint_every and checkpoint_dir is None):
+            raise ValueError(f"checkpoint_every must be >= 0 and needs a checkpoint_dir, got {checkpoint_every}, {checkpoint_dir}")
         rows = []
         bar = None
         if progress and self.parallel.rank == 0:
@@ -249,32 +262,40 @@ class Trainer:
             if bar is not None:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
                 bar.update(1)
+            if checkpoint_every and self.step % checkpoint_every == 0:
+                self.save(Path(checkpoint_dir) / f"step-{self.step:06d}")
         if bar is not None:
             bar.close()
         return rows
 
-    def _check_checkpointable(self) -> None:
-        if self.parallel.owns_optimizer_step:  # ZeRO shards the optimizer state across ranks
-            raise ValueError("Trainer checkpoints hold one full optimizer state; "
-                             "save a DeepSpeed ZeRO run with its engine (engine.save_checkpoint)")
-
     def save(self, path: str | Path) -> Path:
-        """Rank 0 writes the checkpoint (data-parallel ranks hold identical states); all ranks wait for it."""
+        """Write a checkpoint (see :mod:`llmbook.training.checkpoint`); call it on every rank.
+
+        Data-parallel ranks hold identical states, so rank 0 writes them; under ZeRO every rank
+        also writes its own shard of the model and optimizer through the engine.
+        """
         from llmbook.training.checkpoint import save_checkpoint
 
-        self._check_checkpointable()
+        path = Path(path)
+        sharded = self.parallel.shards_state
+        if sharded:
+            self.parallel.save_shards(path)
         if self.parallel.rank == 0:
-            save_checkpoint(path, model=self.parallel.unwrap(self.model), optimizer=self.optimizer, step=self.step,
-                            loader=self.loader, scaler=self.scaler)
+            save_checkpoint(path, model=None if sharded else self.parallel.unwrap(self.model),
+                            optimizer=None if sharded else self.optimizer, step=self.step, loader=self.loader,
+                            scaler=self.scaler)
         self.parallel.barrier()
-        return Path(path)
+        return path
 
     def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore a checkpoint written by :meth:`save` (with the same engine and number of ranks)."""
         from llmbook.training.checkpoint import load_checkpoint
 
-        self._check_checkpointable()
-        state = load_checkpoint(path, model=self.parallel.unwrap(self.model), optimizer=self.optimizer,
-                                loader=self.loader, scaler=self.scaler)
+        sharded = self.parallel.shards_state
+        if sharded:
+            self.parallel.load_shards(Path(path))
+        state = load_checkpoint(path, model=None if sharded else self.parallel.unwrap(self.model),
+                                optimizer=None if sharded else self.optimizer, loader=self.loader, scaler=self.scaler)
         self.step = int(state["step"])
         return state
 

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 ZERO_CONFIGS = ("zero1", "zero2", "zero3")  # DeepSpeed JSON files shipped in llmbook/training/configs
+SHARD_TAG = "shards"  # DeepSpeed's checkpoint sub-directory inside a Trainer checkpoint
 
 
 class SingleProcess:
@@ -49,6 +50,7 @@ class SingleProcess:
     rank = 0
     world_size = 1
     owns_optimizer_step = False  # True when the engine clips and steps inside backward (DeepSpeed)
+    shards_state = False  # True when each rank holds only part of the model / optimizer state (ZeRO)
 
     def __init__(self, device: str | torch.device | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -201,6 +203,7 @@ class DeepSpeedZero(_Distributed):
     """
 
     owns_optimizer_step = True
+    shards_state = True  # model and optimizer states are saved by the engine, each rank its part
 
     def __init__(self, config: dict[str, Any], *, cpu: bool = False) -> None:
         use_gpu = torch.cuda.is_available() and not cpu
@@ -240,3 +243,13 @@ class DeepSpeedZero(_Distributed):
     def grad_norm(self) -> float:
         norm = self.engine.get_global_grad_norm()
         return float("nan") if norm is None else float(norm)
+
+    def save_shards(self, path: Path) -> None:
+        """Every rank writes its model and optimizer shards (DeepSpeed's format; a collective call)."""
+        self.engine.save_checkpoint(str(path), tag=SHARD_TAG)
+
+    def load_shards(self, path: Path) -> None:
+        """Every rank reads its shards back; needs the world size and ZeRO stage that wrote them."""
+        loaded, _ = self.engine.load_checkpoint(str(path), tag=SHARD_TAG)
+        if loaded is None:  # DeepSpeed only logs a warning
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {path}")
