@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,6 +67,45 @@ def test_failed_launch_reports_the_error(tmp_path) -> None:
         launch(spec, 2, tmp_path / "run")
     with pytest.raises(ValueError, match="separate copies"):
         launch(dataclasses.replace(spec, engine="single"), 2, tmp_path / "run")
+
+
+GLOO_ABORT = """[rank0]: step 8 done
+terminate called after throwing an instance of 'gloo::IoException'
+  what():  [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:5012
+Fatal Python error: Aborted
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+llmbook.training.launch FAILED
+"""
+
+
+class CrashingJob:
+    """Stands in for torchrun: the workers crash with a gloo abort, after (or before) writing the history."""
+
+    def __init__(self, finished: bool):
+        self.finished, self.returncode = finished, 1
+
+    def __call__(self, cmd, **kwargs):
+        spec = RunSpec.load(cmd[-1])
+        if self.finished:
+            Path(spec.history_out).write_text(json.dumps([{"step": 1.0, "loss": 2.0}]))
+        return self
+
+    def communicate(self, timeout=None):
+        return GLOO_ABORT, None
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_crash_while_shutting_down(tmp_path, monkeypatch, finished: bool) -> None:
+    spec = make_spec(tmp_path, "ddp")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "history.json").write_text("[]")  # a previous run's file must not count
+    monkeypatch.setattr("llmbook.training.launch.subprocess.Popen", CrashingJob(finished))
+    if finished:  # every rank got past the final barrier: the history is complete, the crash is reported
+        with pytest.warns(RuntimeWarning, match="Connection closed by peer"):
+            assert launch(spec, 2, tmp_path / "run") == [{"step": 1.0, "loss": 2.0}]
+    else:
+        with pytest.raises(RuntimeError, match="(?s)terminate called.*Connection closed by peer.*launch.log"):
+            launch(spec, 2, tmp_path / "run")
 
 
 class FakeRank(SingleProcess):

@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(spec.torch_threads)
     parallel = make_parallel(spec)
     history = train_run(spec, parallel, progress=True)
+    parallel.barrier()  # written only once every rank has finished: the file is the run's proof of completion
     if parallel.rank == 0 and spec.history_out:
         Path(spec.history_out).write_text(json.dumps(history))
     parallel.close()
@@ -181,8 +183,10 @@ def worker_failure(output: str) -> str:
 def launch(spec: RunSpec, nproc: int, workdir: str | Path, *, timeout_s: float = 900) -> list[dict[str, float]]:
     """Run ``spec`` on ``nproc`` local processes with ``torchrun``; returns rank 0's history.
 
-    Writes ``run.json`` and ``history.json`` into ``workdir``. A failed or timed-out job raises
-    ``RuntimeError`` naming the workers' own exception.
+    Writes ``run.json``, ``history.json`` and the job's output, ``launch.log``, into ``workdir``. A
+    failed or timed-out job raises ``RuntimeError`` naming the workers' own exception. A job whose
+    ranks all finished training but which then crashed while shutting down (gloo can abort a rank
+    whose peer closed its connections first) returns its history with a warning.
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
@@ -190,7 +194,9 @@ def launch(spec: RunSpec, nproc: int, workdir: str | Path, *, timeout_s: float =
         raise ValueError(f"engine 'single' on {nproc} processes would train {nproc} separate copies; use 'ddp' or a ZeRO engine")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    spec = dataclasses.replace(spec, history_out=str(workdir / "history.json"))
+    history = workdir / "history.json"
+    history.unlink(missing_ok=True)  # a previous run's file must not pass for this one's
+    spec = dataclasses.replace(spec, history_out=str(history))
     spec_path = spec.save(workdir / "run.json")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "llmbook.training.launch", str(spec_path)]
@@ -212,9 +218,12 @@ def launch(spec: RunSpec, nproc: int, workdir: str | Path, *, timeout_s: float =
     log = workdir / "launch.log"
     log.write_text(output)
     if proc.returncode != 0:
-        raise RuntimeError(f"{nproc}-process run (engine {spec.engine}) failed with exit code {proc.returncode}: "
-                           f"{worker_failure(output)}\n(full output: {log})")
-    return json.loads((workdir / "history.json").read_text())
+        what = f"{nproc}-process run (engine {spec.engine}) failed with exit code {proc.returncode}: {worker_failure(output)}"
+        if not history.exists():
+            raise RuntimeError(f"{what}\n(full output: {log})")
+        warnings.warn(f"every rank finished training, then the job crashed while shutting down; the history is "
+                      f"complete. {what}\n(full output: {log})", RuntimeWarning, stacklevel=2)
+    return json.loads(history.read_text())
 
 
 if __name__ == "__main__":
