@@ -208,3 +208,6 @@ def test_two_process_run_resumes_exactly(tmp_path, engine: str) -> None:
     resumed = launch(dataclasses.replace(spec, checkpoint_every=0, resume_from=str(step4)), 2, tmp_path / "resumed")
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full[STEPS // 2:]], (full, resumed)
     assert [r["step"] for r in resumed] == [r["step"] for r in full[STEPS // 2:]]
+    if engine == "zero2":  # shards of 2 ranks cannot be read by 1: one clear message, before any step
+        with pytest.raises(RuntimeError, match="ZeRO shards of 2 processes; resume it on 2, not 1"):
+            launch(dataclasses.replace(spec, checkpoint_every=0, resume_from=str(step4)), 1, tmp_path / "one")

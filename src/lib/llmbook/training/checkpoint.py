@@ -9,8 +9,9 @@ A directory holds::
                             loss-scaler state, numpy and python RNG states, user extras
 
 A DeepSpeed ZeRO run shards the model and optimizer states over the ranks, so the engine writes
-those itself (``deepspeed/`` in DeepSpeed's own format, one file per rank) and the two model and
-optimizer files are left out: ``model=None, optimizer=None`` below.
+those itself (``shards/``, files per rank in DeepSpeed's own format, next to its ``latest`` and
+``zero_to_fp32.py``) and the model and optimizer files are left out: ``model=None, optimizer=None``
+below.
 
 Exact resumption needs *all* of: weights, optimizer moments and step counts, the LR schedule's
 position (here a pure function of the step), the loader's position, and every RNG that the

@@ -34,7 +34,7 @@ import torch
 from llmbook.model import DecoderLM, ModelConfig, MoEConfig
 from llmbook.positional import RopeConfig
 from llmbook.training.data import LoaderConfig, PackedLoader
-from llmbook.training.loop import Trainer, TrainConfig
+from llmbook.training.loop import Trainer, TrainConfig, check_checkpointing
 from llmbook.training.parallel import ZERO_CONFIGS, DataParallel, DeepSpeedZero, SingleProcess, deepspeed_config
 from llmbook.training.schedule import ScheduleConfig
 
@@ -67,8 +67,7 @@ class RunSpec:
             raise ValueError(f"deepspeed_config is read by the engines {ZERO_CONFIGS} only, not {self.engine!r}")
         if self.device not in ("auto", "cpu"):
             raise ValueError(f"device must be 'auto' or 'cpu', got {self.device!r}")
-        if self.checkpoint_every < 0 or (self.checkpoint_every and not self.checkpoint_dir):
-            raise ValueError(f"checkpoint_every must be >= 0 and needs a checkpoint_dir, got {self.checkpoint_every}, {self.checkpoint_dir!r}")
+        check_checkpointing(self.checkpoint_every, self.checkpoint_dir)  # before any process starts
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"stop_after must be >= 1 or None, got {self.stop_after}")
         if self.torch_threads < 1:

@@ -18,6 +18,7 @@ different vocabularies compare on the same text (used by e.g. Gao et al. 2020, T
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -248,8 +249,7 @@ class Trainer:
         ``checkpoint_every`` > 0 saves ``checkpoint_dir/step-<step>`` every that many steps.
         """
         until = self.cfg.schedule.total_steps if until_step is None else until_step
-        if checkpoint_every < 0 or (checkpoint_every and checkpoint_dir is None):
-            raise ValueError(f"checkpoint_every must be >= 0 and needs a checkpoint_dir, got {checkpoint_every}, {checkpoint_dir}")
+        check_checkpointing(checkpoint_every, checkpoint_dir)
         rows = []
         bar = None
         if progress and self.parallel.rank == 0:
@@ -283,21 +283,31 @@ class Trainer:
         if self.parallel.rank == 0:
             save_checkpoint(path, model=None if sharded else self.parallel.unwrap(self.model),
                             optimizer=None if sharded else self.optimizer, step=self.step, loader=self.loader,
-                            scaler=self.scaler)
+                            scaler=self.scaler, extra={"world_size": self.parallel.world_size})
         self.parallel.barrier()
         return path
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Restore a checkpoint written by :meth:`save` (with the same engine and number of ranks)."""
-        from llmbook.training.checkpoint import load_checkpoint
+        from llmbook.training.checkpoint import STATE_FILE, load_checkpoint
 
         sharded = self.parallel.shards_state
         if sharded:
+            saved_world = json.loads((Path(path) / STATE_FILE).read_text())["extra"].get("world_size")
+            if saved_world != self.parallel.world_size:  # DDP resumes on any count: ranks hold full copies
+                raise ValueError(f"{path} holds ZeRO shards of {saved_world} processes; resume it on {saved_world}, "
+                                 f"not {self.parallel.world_size}")
             self.parallel.load_shards(Path(path))
         state = load_checkpoint(path, model=None if sharded else self.parallel.unwrap(self.model),
                                 optimizer=None if sharded else self.optimizer, loader=self.loader, scaler=self.scaler)
         self.step = int(state["step"])
         return state
+
+
+def check_checkpointing(every: int, directory: str | Path | None) -> None:
+    """``checkpoint_every`` is >= 0 and, when set, has a directory to write to."""
+    if every < 0 or (every and not directory):
+        raise ValueError(f"checkpoint_every must be >= 0 and needs a checkpoint_dir, got {every}, {directory!r}")
 
 
 def train_on_batches(
