@@ -131,6 +131,14 @@ def save_checkpoint(
     return path
 
 
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The JSON part of the checkpoint at ``path`` (step, loader, RNG, extras), nothing loaded."""
+    path = Path(path)
+    if not (path / STATE_FILE).exists():
+        raise ValueError(f"path must be a checkpoint directory containing {STATE_FILE}, got {path}")
+    return json.loads((path / STATE_FILE).read_text())
+
+
 def load_checkpoint(
     path: str | Path,
     *,
@@ -142,9 +150,7 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore everything :func:`save_checkpoint` wrote into the given objects; returns the JSON state."""
     path = Path(path)
-    if not (path / STATE_FILE).exists():
-        raise ValueError(f"path must be a checkpoint directory containing {STATE_FILE}, got {path}")
-    state = json.loads((path / STATE_FILE).read_text())
+    state = read_state(path)
     for obj, name in ((model, MODEL_FILE), (optimizer, OPTIM_FILE)):
         if obj is not None and not (path / name).exists():
             raise ValueError(f"{path} has no {name}: it was saved by a DeepSpeed ZeRO run, load it with a ZeRO engine")

@@ -18,7 +18,6 @@ different vocabularies compare on the same text (used by e.g. Gao et al. 2020, T
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -289,11 +288,11 @@ class Trainer:
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Restore a checkpoint written by :meth:`save` (with the same engine and number of ranks)."""
-        from llmbook.training.checkpoint import STATE_FILE, load_checkpoint
+        from llmbook.training.checkpoint import load_checkpoint, read_state
 
         sharded = self.parallel.shards_state
         if sharded:
-            saved_world = json.loads((Path(path) / STATE_FILE).read_text())["extra"].get("world_size")
+            saved_world = read_state(path)["extra"].get("world_size")
             if saved_world != self.parallel.world_size:  # DDP resumes on any count: ranks hold full copies
                 raise ValueError(f"{path} holds ZeRO shards of {saved_world} processes; resume it on {saved_world}, "
                                  f"not {self.parallel.world_size}")
