@@ -80,11 +80,11 @@ def bench_spark(profile: str, master: str) -> dict:
     """Chapter pipeline docs/s: in-process ``run_pipeline`` vs ``run_pipeline_spark`` on ``master``."""
     import shutil
 
-    from llmbook import profiles
-    from llmbook.data import corpus_build as cb
+    from llmbook.book import profiles
+    from llmbook.chain import corpus as chain
 
     try:
-        from llmbook.data.spark import clean_corpus_spark, local_spark, require_pyspark
+        from llmbook.data.spark import local_spark, require_pyspark
 
         require_pyspark()
     except ImportError as e:
@@ -92,13 +92,13 @@ def bench_spark(profile: str, master: str) -> dict:
     if not shutil.which("java"):
         return {"skipped": "no java on PATH"}
     cfg = profiles.resolve("pretraining_data", profile)
-    ours = cb.clean_corpus(cfg)
+    ours = chain.clean_corpus(cfg)
     t0 = time.perf_counter()
     spark = local_spark(master)
     start_s = time.perf_counter() - t0
     try:
-        clean_corpus_spark(cfg, spark)  # warm-up: Python workers, JIT
-        dist = clean_corpus_spark(cfg, spark)
+        chain.clean_corpus_spark(cfg, spark)  # warm-up: Python workers, JIT
+        dist = chain.clean_corpus_spark(cfg, spark)
         parallelism = spark.sparkContext.defaultParallelism
     finally:
         spark.stop()

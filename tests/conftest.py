@@ -43,7 +43,7 @@ def smoke_book(tmp_path_factory: pytest.TempPathFactory):
     """
     import shutil
 
-    from llmbook import profiles, runner
+    from llmbook.book import profiles, runner
 
     site = tmp_path_factory.mktemp("site")
     for name in ("_config.yml", "_toc.yml"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llmbook import report, runner
+from llmbook.book import report, runner
 
 pytestmark = pytest.mark.xdist_group("book")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmbook import report, runner
+from llmbook.book import report, runner
 
 pytestmark = pytest.mark.xdist_group("book")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from llmbook import report, runner
+from llmbook.book import report, runner
 
 pytestmark = pytest.mark.xdist_group("book")
 
@@ -67,8 +67,8 @@ def test_base_model_artifact_loads_in_transformers(smoke_book: runner.BookPaths,
     import torch
     from transformers import LlamaForCausalLM
 
-    from llmbook import profiles
-    from llmbook.training.base_model import book_base_model
+    from llmbook.book import profiles
+    from llmbook.chain.base_model import book_base_model
 
     monkeypatch.setenv("LLMBOOK_CACHE", str(smoke_book.cache_dir))
     built_by_chapter = smoke_book.cache_dir / "base_model" / metrics["base_model_key"]
@@ -82,9 +82,9 @@ def test_base_model_artifact_loads_in_transformers(smoke_book: runner.BookPaths,
 
 
 def test_base_model_trains_on_a_cache_miss(smoke_book: runner.BookPaths, metrics: dict, monkeypatch) -> None:
-    from llmbook import profiles
+    from llmbook.book import profiles
     from llmbook.model import DecoderLM
-    from llmbook.training.base_model import book_base_model
+    from llmbook.chain.base_model import book_base_model
 
     monkeypatch.setenv("LLMBOOK_CACHE", str(smoke_book.cache_dir))  # corpus and tokenizer come from the chapters
     cfg = profiles.resolve("pretraining", "smoke", steps=10, eval_every=10, resume_steps=2)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llmbook import profiles, report, runner
-from llmbook.data import corpus_build as cb
+from llmbook.book import profiles, report, runner
+from llmbook.chain import corpus as chain
 
 pytestmark = pytest.mark.xdist_group("book")
 
@@ -40,6 +40,6 @@ def test_selection_and_mixing(metrics: dict) -> None:
 def test_corpus_artifact_is_reused(smoke_book: runner.BookPaths, metrics: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     assert metrics["corpus_roundtrip"] is True and metrics["corpus_tokens"] > 10_000
     monkeypatch.setenv("LLMBOOK_CACHE", str(smoke_book.cache_dir))
-    corpus = cb.pretraining_corpus(profiles.resolve("pretraining_data", "smoke"))
+    corpus = chain.pretraining_corpus(profiles.resolve("pretraining_data", "smoke"))
     assert corpus.artifact.hit and corpus.artifact.key == metrics["corpus_key"]
     assert len(corpus.tokens) == metrics["corpus_tokens"] and corpus.n_docs == metrics["corpus_docs"]

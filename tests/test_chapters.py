@@ -7,9 +7,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from llmbook import profiles, report, runner
+from llmbook.book import profiles, report, runner
 from llmbook.tokenization import ByteBPETokenizer
-from llmbook.tokenization.book import TOKENIZER_FILE, book_tokenizer
+from llmbook.chain.tokenizer import TOKENIZER_FILE, book_tokenizer
 
 pytestmark = pytest.mark.xdist_group("book")
 

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from llmbook import profiles
+from llmbook.book import profiles
+from llmbook.chain import corpus as chain
 from llmbook.data import corpus_build as cb
 from llmbook.data.raw_corpus import DIRT_KINDS, RawCorpusConfig, make_raw_corpus
 from llmbook.tokenization import train_bpe
@@ -40,7 +41,7 @@ def test_tokenize_documents_layout():
 def test_pipeline_goals_and_artifact_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMBOOK_CACHE", str(tmp_path))
     cfg = profiles.resolve("pretraining_data", "smoke", en_docs=20, zh_docs=20, junk_rate=0.1)
-    result = cb.clean_corpus(cfg)
+    result = chain.clean_corpus(cfg)
     fate = {d["id"]: "kept" for d in result.kept}
     fate.update(result.report.dropped)
     for kind in ("binary", "code", "short", "spam", "menu", "toxic", "contact_list", "exact_dup"):
@@ -52,15 +53,15 @@ def test_pipeline_goals_and_artifact_round_trip(tmp_path, monkeypatch):
     for d in result.raw.docs:
         if d["meta"]["dirt"] == "pii" and d["id"] in out:
             assert not [v for v in d["meta"]["pii_values"] if v in out[d["id"]]]
-    corpus = cb.save_pretraining_corpus(result.kept, cfg)
+    corpus = chain.save_pretraining_corpus(result.kept, cfg)
     assert not corpus.artifact.hit and corpus.n_docs == len(result.kept)
-    again = cb.pretraining_corpus(cfg)
+    again = chain.pretraining_corpus(cfg)
     assert again.artifact.hit and np.array_equal(again.tokens, corpus.tokens)
-    index = json.loads((corpus.artifact.path / cb.INDEX_FILE).read_text())
+    index = json.loads((corpus.artifact.path / chain.INDEX_FILE).read_text())
     assert index["offsets"][-1] == len(corpus.tokens) and corpus.document(0)[-1] == corpus.eot_id
-    with open(corpus.artifact.path / cb.TOKENS_FILE, "rb") as f:
+    with open(corpus.artifact.path / chain.TOKENS_FILE, "rb") as f:
         assert b"pickle" not in f.read(200)
-    np.load(corpus.artifact.path / cb.TOKENS_FILE, allow_pickle=False)
+    np.load(corpus.artifact.path / chain.TOKENS_FILE, allow_pickle=False)
 
 
 def test_profile_rejects_impossible_values():

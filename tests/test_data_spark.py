@@ -14,12 +14,15 @@ from functools import partial
 import numpy as np
 import pytest
 
-from llmbook import profiles
+from llmbook.book import profiles
+from llmbook.chain import corpus as chain
 from llmbook.data import corpus_build as cb
 from llmbook.data.corpora import load_documents
+from llmbook.data.raw_corpus import make_raw_corpus
 from llmbook.data.dedup import NearDedupConfig, dedup_stages, exact_dedup, plant_near_duplicates, remove_repeated_lines
 from llmbook.data.pipeline import CorpusStage, run_pipeline
-from llmbook.data.spark import SparkCorpusOp, corpus_op, filters_from_state, filters_state
+from llmbook.data.corpus_build import filters_from_state, filters_state
+from llmbook.data.spark import SparkCorpusOp, corpus_op
 
 pytestmark = pytest.mark.xdist_group("spark")  # one worker, one SparkSession for the whole file
 
@@ -66,11 +69,9 @@ def _counts(report) -> list[tuple]:
 
 
 def test_book_pipeline_on_spark_matches_in_process(spark):
-    from llmbook.data.spark import clean_corpus_spark
-
     cfg = profiles.resolve("pretraining_data", "smoke", en_docs=80, zh_docs=80)
-    ours = cb.clean_corpus(cfg)
-    dist = clean_corpus_spark(cfg, spark, num_partitions=4)
+    ours = chain.clean_corpus(cfg)
+    dist = chain.clean_corpus_spark(cfg, spark, num_partitions=4)
     assert len(ours.raw.docs) > 150 and 0 < len(ours.kept) < len(ours.raw.docs)
     _compare(ours.kept, dist.kept)
     assert _counts(ours.report) == _counts(dist.report)
@@ -107,8 +108,8 @@ def test_corpus_ops_and_filter_state_round_trip():
     with pytest.raises(ValueError, match="no Spark version"):
         corpus_op(CorpusStage(name="mine", fn=lambda ds: (ds, [])))
     config = profiles.resolve("pretraining_data", "smoke", en_docs=10, zh_docs=10, classifier_train_docs=20)
-    raw = cb.make_raw_corpus(cb.raw_config(config))
-    filters = cb.train_filters(raw, config)
+    raw = make_raw_corpus(chain.raw_config(config))
+    filters = cb.train_filters(raw, config.classifier_train_docs, config.seed)
     back = filters_from_state(filters_state(filters))
     texts = [d["text"] for d in raw.docs if isinstance(d["text"], str)][:20]
     assert back.langid.predict(texts) == filters.langid.predict(texts)

@@ -8,20 +8,20 @@ from pathlib import Path
 import pytest
 
 from conftest import write_notebook
-from llmbook import artifacts, cli, profiles, report, runner
+from llmbook.book import artifacts, cli, profiles, report, runner
 
+TOY_PARAMETERS = 'profile = "cpu"\nparams = {}\nruns_dir = "runs"\ncache_dir = None'
 TOY_CELL = """
-from llmbook import profiles, report
-cfg = profiles.resolve("toy", profile)
-report.start("toy", cfg)
-report.record("answer", 6 * 7)
+from llmbook.book.notebook import open_chapter
+cfg, run = open_chapter("toy", profile, params, runs_dir=runs_dir, cache_dir=cache_dir)
+run.record("answer", 6 * 7)
 """
 
 
 @pytest.fixture
 def book(tmp_path: Path) -> runner.BookPaths:
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
-    write_notebook(tmp_path / "chapters" / "01_toy.ipynb", 'profile = "cpu"', TOY_CELL)
+    write_notebook(tmp_path / "chapters" / "01_toy.ipynb", TOY_PARAMETERS, TOY_CELL)
     write_notebook(
         tmp_path / "chapters" / "02_broken.ipynb",
         'profile = "cpu"',
@@ -89,7 +89,7 @@ def test_cli_failing_chapter_exit_code(book: runner.BookPaths, capsys: pytest.Ca
     ("arguments", "message"),
     [
         (["-p", "vocab_size", "12"], "parameter vocab_size=12: must be at least 257"),
-        (["-p", "vocab", "1000"], "has no parameter 'vocab'; allowed: ["),
+        (["-p", "vocab", "1000"], "chapter 'tokenization': no parameter 'vocab'; allowed: ["),
         (["-p", "vocab_size", "big"], "parameter vocab_size='big': expected int, got str"),
         (["-p", "vocab_size", "1.5"], "parameter vocab_size=1.5: expected int, got float"),
         (["-p", "subword_mb", "true"], "parameter subword_mb=True: expected float, got a bool"),
@@ -114,12 +114,45 @@ def test_cli_rejects_unknown_profile_and_chapter(repo: Path, capsys: pytest.Capt
     assert "no chapter 'tokenisation'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("profile", ["gpu", "multi-gpu"])
+def test_cli_refuses_a_gpu_profile_without_gpus(
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, profile: str
+) -> None:
+    monkeypatch.setattr(profiles, "cuda_device_count", lambda: 0)  # this host, without its GPUs if it has some
+    code = cli.main(["--root", str(repo), "run", "attention", "--profile", profile])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"profile {profile!r} needs" in error and "this host has 0; use --profile cpu" in error, error
+    assert error.count("\n") == 1
+
+
+def test_require_hardware_counts_gpus() -> None:
+    profiles.require_hardware("cpu", cuda_devices=0)
+    profiles.require_hardware("gpu", cuda_devices=1)
+    with pytest.raises(profiles.HardwareError, match="needs 2 CUDA GPUs and this host has 1; use --profile gpu"):
+        profiles.require_hardware("multi-gpu", cuda_devices=1)
+
+
+def test_each_parameter_is_declared_once_with_its_profile_values() -> None:
+    from llmbook.book.profiles.attention import AttentionChapterConfig
+
+    smoke, cpu, gpu = (AttentionChapterConfig.for_profile(p) for p in ("smoke", "cpu", "gpu"))
+    assert (smoke.d_model, cpu.d_model, gpu.d_model) == (64, 96, 512)
+    assert AttentionChapterConfig().d_model == 96  # the plain default is the cpu value
+    assert AttentionChapterConfig.for_profile("multi-gpu").d_model == 512  # multi-gpu falls back to gpu
+    assert smoke.rope_factor == gpu.rope_factor == 4.0  # a plain default holds in every profile
+    for name, config_class in profiles.CHAPTER_CONFIGS.items():
+        for profile in profiles.PROFILES:
+            assert profiles.resolve(name, profile).profile == profile  # every profile validates
+
+
 def test_profile_resolution_types_and_overrides() -> None:
     config = profiles.resolve("tokenization", "smoke", vocab_size=1000, train_mb_en=1)
     assert config.vocab_size == 1000 and config.train_mb_en == 1.0 and isinstance(config.train_mb_en, float)
-    assert profiles.resolve("tokenization", "smoke", vocab_size=None).vocab_size == profiles.spec("tokenization").presets["smoke"]["vocab_size"]  # None = preset
-    assert profiles.parse_value("tokenization", "sweep_vocab_sizes", "[300, 400]") == (300, 400)
-    assert profiles.parse_value("tokenization", "hub_dataset_zh", "None") is None
+    assert profiles.resolve("tokenization", "smoke", vocab_size=None).vocab_size == 2500  # None = the profile's value
+    config_class = profiles.config_class("tokenization")
+    assert config_class.parse_value("sweep_vocab_sizes", "[300, 400]") == (300, 400)
+    assert config_class.parse_value("hub_dataset_zh", "None") is None
     with pytest.raises(profiles.ParameterError, match="no profile 'laptop'"):
         profiles.resolve("tokenization", "laptop")
 
@@ -156,8 +189,7 @@ def test_artifact_failed_build_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_report_record_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLMBOOK_RUNS_DIR", str(tmp_path))
-    run = report.start("toy", profiles.resolve("toy", "smoke"))
+    run = report.start("toy", profiles.resolve("toy", "smoke"), tmp_path)
     run.record("ratio", 0.5, glue=False)
     with pytest.raises(ValueError, match="must be an identifier"):
         run.record("bad name", 1, glue=False)
@@ -179,6 +211,6 @@ def test_cli_list_run_and_export(book: runner.BookPaths, capsys: pytest.CaptureF
     assert "01_toy" in (listing := capsys.readouterr().out) and "fresh" in listing
     out = book.site_root / "exports"
     assert cli.main(["--root", root, "export", "toy", "--to", "script", "--output-dir", str(out)]) == 0
-    assert "report.record" in (out / "01_toy.py").read_text()
+    assert "run.record" in (out / "01_toy.py").read_text()
     assert cli.main(["--root", root, "export", "broken", "--output-dir", str(out)]) == 1
     assert "run `llmbook run broken` first" in capsys.readouterr().err

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from llmbook import profiles
+from llmbook.book import profiles
 from llmbook.data import corpus_text
 from llmbook.tokenization import reference as ref
 from llmbook.tokenization import train_bpe
-from llmbook.tokenization.book import SPECIAL_TOKENS, artifact_config, training_text
+from llmbook.chain.tokenizer import SPECIAL_TOKENS, artifact_config, training_text
 
 
 @pytest.fixture(scope="module")

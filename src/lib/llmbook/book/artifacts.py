@@ -20,11 +20,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 MANIFEST = "manifest.json"
+CACHE_ENV = "LLMBOOK_CACHE"  # a user's choice of cache directory, for every chapter and script
+_chosen: Path | None = None  # set by use_cache_dir (a chapter run names its cache explicitly)
+
+
+def use_cache_dir(path: str | Path | None) -> None:
+    """Make ``path`` the cache for this process (None goes back to ``$LLMBOOK_CACHE`` / the default)."""
+    global _chosen
+    _chosen = Path(path).resolve() if path is not None else None
 
 
 def cache_dir() -> Path:
-    """`$LLMBOOK_CACHE`, else `.cache/llmbook` under the working directory."""
-    return Path(os.environ.get("LLMBOOK_CACHE", ".cache/llmbook")).resolve()
+    """The directory named by :func:`use_cache_dir`, else `$LLMBOOK_CACHE`, else `.cache/llmbook` here."""
+    return _chosen or Path(os.environ.get(CACHE_ENV, ".cache/llmbook")).resolve()
 
 
 def artifact_key(kind: str, config: dict[str, Any]) -> str:

@@ -12,14 +12,15 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from llmbook import profiles, runner
+from llmbook.book import profiles, runner
+from llmbook.tokenization.published import fetch_published_vocabularies
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)
-    except profiles.ParameterError as error:
+    except (profiles.ParameterError, profiles.HardwareError) as error:
         print(f"llmbook: error: {error}", file=sys.stderr)
         return 2
     except runner.ChapterFailed as error:
@@ -68,19 +69,26 @@ def _paths(args: argparse.Namespace) -> runner.BookPaths:
     return runner.BookPaths.at(args.root or runner.find_root())
 
 
-def _config(chapter: runner.Chapter, profile: str, pairs: list[list[str]]) -> tuple[profiles.ChapterConfig, dict[str, Any]]:
-    overrides = {key: profiles.parse_value(chapter.name, key, value) for key, value in pairs}
-    return profiles.resolve(chapter.name, profile, **overrides), overrides
+def _config(
+    chapter: runner.Chapter, profile: str, pairs: list[list[str]]
+) -> tuple[profiles.ChapterConfig, dict[str, Any]]:
+    """The validated config of ``chapter``; raises before anything runs if the host lacks the profile's GPUs."""
+    config_class = profiles.config_class(chapter.name)
+    try:
+        overrides = {key: config_class.parse_value(key, value) for key, value in pairs}
+    except profiles.ParameterError as error:
+        raise profiles.ParameterError(f"chapter {chapter.name!r}: {error}") from None
+    config = profiles.resolve(chapter.name, profile, **overrides)
+    profiles.require_hardware(profile)
+    return config, overrides
 
 
 def _list(args: argparse.Namespace) -> int:
     paths = _paths(args)
     print(f"{'chapter':<24} {'profiles':<28} state ({args.profile})")
     for chapter in runner.discover(paths):
-        spec = profiles.spec(chapter.name)
-        config = profiles.resolve(chapter.name, args.profile) if args.profile in spec.presets else None
-        status = runner.state(chapter, config, paths) if config else "no such profile"
-        print(f"{chapter.stem:<24} {','.join(spec.presets):<28} {status}")
+        config = profiles.resolve(chapter.name, args.profile)
+        print(f"{chapter.stem:<24} {','.join(profiles.PROFILES):<28} {runner.state(chapter, config, paths)}")
     return 0
 
 
@@ -118,8 +126,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _assets(args: argparse.Namespace) -> int:
-    from llmbook.tokenization.published import fetch_published_vocabularies
-
     for name, path in fetch_published_vocabularies().items():
         print(f"{name}: {path}")
     return 0

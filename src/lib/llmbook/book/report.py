@@ -1,7 +1,7 @@
 """Numbers from a chapter run: glued into the prose and written to `runs/<chapter>/<profile>/metrics.json`.
 
-A notebook opens one run with `start(chapter, config)` and then calls `record(name, value)` for every
-number its prose quotes. The prose shows the value with myst-nb's `{glue:text}` role, so no result
+A notebook opens one run with :func:`llmbook.book.notebook.open_chapter` (which calls `start`) and
+then calls `run.record(name, value)` for every number its prose quotes. The prose shows the value with myst-nb's `{glue:text}` role, so no result
 is ever typed by hand; the tests read the same numbers back from `metrics.json`.
 """
 
@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmbook.profiles import ChapterConfig
+from llmbook.book.profiles import ChapterConfig
 
-
-def runs_dir() -> Path:
-    """Where run records go: `$LLMBOOK_RUNS_DIR`, else `runs/` under the working directory."""
-    return Path(os.environ.get("LLMBOOK_RUNS_DIR", "runs")).resolve()
+DEFAULT_RUNS_DIR = Path("runs")  # under the book's root, where the runner starts every kernel
 
 
 @dataclass(kw_only=True)
@@ -27,11 +23,12 @@ class Run:
     chapter: str
     profile: str
     config: dict[str, Any]
+    runs_dir: Path = DEFAULT_RUNS_DIR  # metrics go to runs_dir/<chapter>/<profile>/metrics.json
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
-        return runs_dir() / self.chapter / self.profile / "metrics.json"
+        return Path(self.runs_dir).resolve() / self.chapter / self.profile / "metrics.json"
 
     def record(self, name: str, value: Any, *, glue: bool = True) -> Any:
         """Store `value` under `name`, glue it for the prose, rewrite metrics.json; return `value`."""
@@ -55,10 +52,10 @@ class Run:
 _active: Run | None = None
 
 
-def start(chapter: str, config: ChapterConfig) -> Run:
+def start(chapter: str, config: ChapterConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Run:
     """Open the run that `record` writes to; earlier metrics of the same chapter and profile are replaced."""
     global _active
-    _active = Run(chapter=chapter, profile=config.profile, config=config.as_dict())
+    _active = Run(chapter=chapter, profile=config.profile, config=config.as_dict(), runs_dir=Path(runs_dir))
     _active.save()
     return _active
 
@@ -66,13 +63,13 @@ def start(chapter: str, config: ChapterConfig) -> Run:
 def record(name: str, value: Any, *, glue: bool = True) -> Any:
     """Record a number of the active run (see `start`) and glue it for the prose."""
     if _active is None:
-        raise RuntimeError("no active run: call llmbook.report.start(chapter, config) first")
+        raise RuntimeError("no active run: call llmbook.book.report.start(chapter, config) first")
     return _active.record(name, value, glue=glue)
 
 
-def load_metrics(chapter: str, profile: str, directory: Path | None = None) -> dict[str, Any]:
+def load_metrics(chapter: str, profile: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict[str, Any]:
     """The metrics a finished run recorded (raises FileNotFoundError naming the file)."""
-    path = (directory or runs_dir()) / chapter / profile / "metrics.json"
+    path = Path(runs_dir) / chapter / profile / "metrics.json"
     if not path.exists():
         raise FileNotFoundError(f"no metrics for chapter {chapter!r} profile {profile!r}: {path} is missing")
     return json.loads(path.read_text())["metrics"]

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from llmbook import profiles
+from llmbook.book import profiles
+from llmbook.book.artifacts import CACHE_ENV
 
 CHAPTER_FILE = re.compile(r"^(\d{2})_([a-z0-9_]+)\.ipynb$")
-LIBRARY_DIR = Path(__file__).resolve().parent
+LIBRARY_DIR = Path(__file__).resolve().parents[1]  # the llmbook package: its source is part of every run hash
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +52,7 @@ class BookPaths:
             chapters_dir=root / "chapters",
             site_root=root,
             runs_dir=root / "runs",
-            cache_dir=Path(os.environ.get("LLMBOOK_CACHE", root / ".cache" / "llmbook")).resolve(),
+            cache_dir=Path(os.environ.get(CACHE_ENV, root / ".cache" / "llmbook")).resolve(),
         )
 
     @property
@@ -150,19 +151,23 @@ def run_chapter(
     force: bool = False,
     progress: bool = True,
 ) -> Outcome:
-    """Execute one chapter (unless fresh); raise ChapterFailed naming the cell that failed."""
-    import papermill
+    """Execute one chapter (unless fresh); raise ChapterFailed naming the cell that failed.
+
+    The kernel gets the profile, the overrides and the run and cache directories as papermill
+    parameters: the chapter's first cell passes them to :func:`llmbook.book.notebook.open_chapter`.
+    """
+    import papermill  # lazily: `llmbook list` and the tests of parameter errors never start a kernel
 
     output = paths.executed_dir / chapter.source.name
     if not force and state(chapter, config, paths) == "fresh":
         return Outcome(chapter=chapter.name, executed=False, output=output, seconds=0.0)
     output.parent.mkdir(parents=True, exist_ok=True)
-    parameters = {"profile": config.profile, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    record = {"hash": run_hash(chapter, config), "profile": config.profile, "parameters": parameters}
+    params = {k: list(v) if isinstance(v, tuple) else v for k, v in (overrides or {}).items() if v is not None}
+    parameters = {"profile": config.profile, "params": params, "runs_dir": str(paths.runs_dir),
+                  "cache_dir": str(paths.cache_dir)}
+    record = {"hash": run_hash(chapter, config), "profile": config.profile, "parameters": params}
     started = time.perf_counter()
     env = {
-        "LLMBOOK_RUNS_DIR": str(paths.runs_dir),
-        "LLMBOOK_CACHE": str(paths.cache_dir),
         # Figures go into the notebook, whatever backend the caller's environment names.
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         # A progress bar redraws as a new output line in a saved notebook: at most one a minute.
@@ -173,7 +178,7 @@ def run_chapter(
             papermill.execute_notebook(
                 str(chapter.source),
                 str(output),
-                parameters=_json_safe(parameters),
+                parameters=parameters,
                 kernel_name="python3",
                 cwd=str(paths.site_root),
                 progress_bar=progress,
@@ -216,10 +221,6 @@ def _save_last_run(chapter: Chapter, paths: BookPaths, record: dict[str, Any]) -
     path = paths.runs_dir / chapter.name / "last_run.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-
-
-def _json_safe(parameters: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in parameters.items()}
 
 
 @contextlib.contextmanager

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmbook import artifacts, profiles
-from llmbook.profiles.pretraining import PretrainingConfig
+from llmbook.book import artifacts
+from llmbook.book.profiles import PretrainingConfig, resolve
+from llmbook.chain.corpus import pretraining_corpus, tokenizer_for
 from llmbook.model import DecoderLM, ModelConfig, save_pretrained
 from llmbook.training.data import LoaderConfig, PackedLoader, eval_windows
 from llmbook.training.loop import EvalResult, Trainer, TrainConfig, evaluate
@@ -47,9 +48,7 @@ class CorpusSplit:
 
 def corpus_split(cfg: PretrainingConfig) -> CorpusSplit:
     """Load (or build) the corpus and tokenizer of ``cfg.data_profile``; hold out the last documents."""
-    from llmbook.data.corpus_build import pretraining_corpus, tokenizer_for
-
-    data_cfg = profiles.resolve("pretraining_data", cfg.data_profile, seed=cfg.seed)
+    data_cfg = resolve("pretraining_data", cfg.data_profile, seed=cfg.seed)
     corpus = pretraining_corpus(data_cfg)
     tokenizer, tok_artifact = tokenizer_for(data_cfg)
     n_train = corpus.n_docs - max(1, int(round(cfg.val_fraction * corpus.n_docs)))

@@ -1,4 +1,4 @@
-"""The book's own tokenizer: its training text, and the cached artifact later chapters load.
+"""The book tokenizer: its training text, and the cached artifact later chapters load.
 
 Chapter 1 trains a byte-level BPE on bundled English and Chinese text and stores it with
 `save_book_tokenizer`; every later chapter calls `book_tokenizer(config)`, which returns the cached
@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmbook import artifacts
+from llmbook.book import artifacts
+from llmbook.book.profiles import TokenizationConfig
 from llmbook.data.corpora import DOC_SEPARATOR, corpus_text, hub_text, split_text
-from llmbook.profiles.tokenization import TokenizationConfig
-
-from .bpe import ByteBPETokenizer, train_bpe
-from .export import export_pretrained
+from llmbook.tokenization.bpe import ByteBPETokenizer, train_bpe
+from llmbook.tokenization.export import export_pretrained
 
 END_OF_TEXT = "<|endoftext|>"  # separates documents in pretraining; the only special token
 SPECIAL_TOKENS = (END_OF_TEXT,)

@@ -1,95 +1,43 @@
-"""Profile of the attention chapter: small-model sizes, training lengths, what is measured at which T."""
+"""Config of the attention chapter: small-model sizes, training lengths, what is measured at which T."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmbook.profiles import TorchChapterConfig, register
-
-SMOKE = dict(
-    train_mb=0.3,
-    d_model=64,
-    n_layers=2,
-    n_heads=4,
-    train_len=48,
-    batch_size=12,
-    steps=40,
-    lr=3e-3,
-    eval_multiples=(1, 2, 4, 8),
-    eval_tokens=1536,
-    finetune_steps=10,
-    passkey_trials=8,
-    ablation_steps=40,
-    cost_lengths=(128, 256, 512),
-    cost_repeats=2,
-    torch_threads=1,
-)
-CPU = dict(
-    train_mb=1.0,
-    d_model=96,
-    n_layers=3,
-    n_heads=4,
-    train_len=64,
-    batch_size=16,
-    steps=150,
-    lr=3e-3,
-    eval_multiples=(1, 2, 4, 8),
-    eval_tokens=4096,
-    finetune_steps=40,
-    passkey_trials=24,
-    ablation_steps=150,
-    cost_lengths=(128, 256, 512, 1024, 2048, 4096),
-    cost_repeats=3,
-    torch_threads=1,
-)
-GPU = dict(
-    train_mb=50.0,
-    d_model=512,
-    n_layers=8,
-    n_heads=8,
-    train_len=512,
-    batch_size=32,
-    steps=5000,
-    lr=1e-3,
-    eval_multiples=(1, 2, 4, 8, 16),
-    eval_tokens=262144,
-    finetune_steps=500,
-    passkey_trials=100,
-    ablation_steps=2000,
-    cost_lengths=(512, 1024, 2048, 4096, 8192, 16384),
-    cost_repeats=10,
-    cost_batch=4,
-    cost_heads=32,
-    cost_head_dim=128,
-    torch_threads=None,
-)
+from llmbook.book.profiles.base import Profile, TorchChapterConfig, per_profile
 
 
-@register("attention", presets={"smoke": SMOKE, "cpu": CPU, "gpu": GPU, "multi-gpu": GPU})
 @dataclass(kw_only=True)
 class AttentionChapterConfig(TorchChapterConfig):
-    train_mb: float = CPU["train_mb"]  # MB of bundled English text the small models train on
+    # the tokenization chapter's profile whose book tokenizer encodes the training text
+    tokenizer_profile: Profile = per_profile(smoke="smoke", cpu="cpu", gpu="gpu")
+    train_mb: float = per_profile(smoke=0.3, cpu=1.0, gpu=50.0)  # MB of bundled English text the small models train on
     heldout_fraction: float = 0.1  # documents kept out of training, for every perplexity
-    d_model: int = CPU["d_model"]  # C of the small models
-    n_layers: int = CPU["n_layers"]  # L of the small models
-    n_heads: int = CPU["n_heads"]  # H of the small models
-    train_len: int = CPU["train_len"]  # training context; extrapolation is measured at multiples of it
-    batch_size: int = CPU["batch_size"]  # sequences per training step
-    steps: int = CPU["steps"]  # training steps of each positional-encoding model
-    lr: float = CPU["lr"]  # peak AdamW learning rate (warm-up then cosine)
-    eval_multiples: tuple[int, ...] = CPU["eval_multiples"]  # evaluate at these multiples of train_len
-    eval_tokens: int = CPU["eval_tokens"]  # held-out tokens scored at every length
+    d_model: int = per_profile(smoke=64, cpu=96, gpu=512)  # C of the small models
+    n_layers: int = per_profile(smoke=2, cpu=3, gpu=8)  # L of the small models
+    n_heads: int = per_profile(smoke=4, cpu=4, gpu=8)  # H of the small models
+    # training context; extrapolation is measured at multiples of it
+    train_len: int = per_profile(smoke=48, cpu=64, gpu=512)
+    batch_size: int = per_profile(smoke=12, cpu=16, gpu=32)  # sequences per training step
+    steps: int = per_profile(smoke=40, cpu=150, gpu=5000)  # training steps of each positional-encoding model
+    lr: float = per_profile(smoke=3e-3, cpu=3e-3, gpu=1e-3)  # peak AdamW learning rate (warm-up then cosine)
+    # evaluate at these multiples of train_len
+    eval_multiples: tuple[int, ...] = per_profile(smoke=(1, 2, 4, 8), cpu=(1, 2, 4, 8), gpu=(1, 2, 4, 8, 16))
+    eval_tokens: int = per_profile(smoke=1536, cpu=4096, gpu=262144)  # held-out tokens scored at every length
     rope_factor: float = 4.0  # context-extension factor s of PI / NTK / YaRN
-    finetune_steps: int = CPU["finetune_steps"]  # short fine-tune at rope_factor * train_len
+    finetune_steps: int = per_profile(smoke=10, cpu=40, gpu=500)  # short fine-tune at rope_factor * train_len
     passkey_fraction: float = 0.25  # share of training rows that are passkey prompts
     passkey_digits: int = 4  # digits of the hidden key
-    passkey_trials: int = CPU["passkey_trials"]  # prompts per length in the retrieval test
-    ablation_steps: int = CPU["ablation_steps"]  # steps of each norm / activation variant
-    cost_lengths: tuple[int, ...] = CPU["cost_lengths"]  # T axis of the time / memory plot
-    cost_batch: int = 1  # B of the attention-cost measurement
-    cost_heads: int = 4  # H of the attention-cost measurement
-    cost_head_dim: int = 64  # D of the attention-cost measurement
-    cost_repeats: int = CPU["cost_repeats"]  # timed calls per point (fastest kept)
+    passkey_trials: int = per_profile(smoke=8, cpu=24, gpu=100)  # prompts per length in the retrieval test
+    ablation_steps: int = per_profile(smoke=40, cpu=150, gpu=2000)  # steps of each norm / activation variant
+    # T axis of the time / memory plot
+    cost_lengths: tuple[int, ...] = per_profile(
+        smoke=(128, 256, 512), cpu=(128, 256, 512, 1024, 2048, 4096), gpu=(512, 1024, 2048, 4096, 8192, 16384)
+    )
+    cost_batch: int = per_profile(smoke=1, cpu=1, gpu=4)  # B of the attention-cost measurement
+    cost_heads: int = per_profile(smoke=4, cpu=4, gpu=32)  # H of the attention-cost measurement
+    cost_head_dim: int = per_profile(smoke=64, cpu=64, gpu=128)  # D of the attention-cost measurement
+    cost_repeats: int = per_profile(smoke=2, cpu=3, gpu=10)  # timed calls per point (fastest kept)
     eager_max_scores_gib: float = 4.0  # skip eager where its fp32 T x T scores alone would exceed this
 
     def validate(self) -> None:

@@ -1,136 +1,73 @@
-"""Profile of the pretraining chapter: the base model's shape, the run length, the resume test, the scaling sweep."""
+"""Config of the pretraining chapter: the base model's shape, the run length, the resume test, the scaling sweep."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmbook.profiles import PROFILES, TorchChapterConfig, register
-
-SMOKE = {
-    "data_profile": "smoke",
-    "d_model": 64,
-    "n_layers": 2,
-    "n_heads": 4,
-    "seq_len": 64,
-    "batch_size": 8,
-    "steps": 60,
-    "warmup_steps": 6,
-    "lr": 3e-3,
-    "eval_every": 20,
-    "eval_tokens": 4096,
-    "resume_steps": 6,
-    "sample_tokens": 24,
-    "sweep_d_models": (16, 24, 32, 48, 64),
-    "sweep_tokens": (8192, 24576),
-    "heldout_d_model": 96,
-    "peak_matmul_n": 512,
-    "dist_d_model": 64,
-    "dist_n_layers": 2,
-    "dist_seq_len": 64,
-    "dist_steps": 6,
-    "dist_engines": ("ddp",),
-    "torch_threads": 1,
-}
-CPU = {
-    "data_profile": "cpu",
-    "d_model": 96,
-    "n_layers": 3,
-    "n_heads": 4,
-    "seq_len": 128,
-    "batch_size": 8,
-    "steps": 300,
-    "warmup_steps": 30,
-    "lr": 2e-3,
-    "eval_every": 50,
-    "eval_tokens": 16384,
-    "resume_steps": 10,
-    "sample_tokens": 48,
-    "sweep_d_models": (16, 32, 48, 64, 96),
-    "sweep_tokens": (16384, 49152, 131072),
-    "heldout_d_model": 160,
-    "peak_matmul_n": 1024,
-    "dist_d_model": 96,
-    "dist_n_layers": 3,
-    "dist_seq_len": 128,
-    "dist_steps": 20,
-    "dist_engines": ("ddp", "zero2", "zero3"),
-    "torch_threads": None,
-}
-GPU = {
-    "data_profile": "gpu",
-    "d_model": 768,
-    "n_layers": 12,
-    "n_heads": 12,
-    "seq_len": 1024,
-    "batch_size": 32,
-    "steps": 5000,
-    "warmup_steps": 500,
-    "lr": 6e-4,
-    "eval_every": 250,
-    "eval_tokens": 1_048_576,
-    "resume_steps": 100,
-    "sample_tokens": 96,
-    "sweep_d_models": (64, 128, 192, 256, 384),
-    "sweep_tokens": (20_000_000, 60_000_000, 200_000_000),
-    "heldout_d_model": 512,
-    "sweep_seq_len": 256,
-    "precision": "bf16",
-    "compile": True,
-    "peak_matmul_n": 4096,
-    "dist_d_model": 192,
-    "dist_n_layers": 2,
-    "dist_seq_len": 128,
-    "dist_steps": 50,
-    "dist_engines": ("ddp", "zero2", "zero3"),
-    "torch_threads": None,
-}
+from llmbook.book.profiles.base import Profile, TorchChapterConfig, per_profile
 
 
-@register("pretraining", presets={"smoke": SMOKE, "cpu": CPU, "gpu": GPU, "multi-gpu": GPU})
 @dataclass(kw_only=True)
 class PretrainingConfig(TorchChapterConfig):
-    data_profile: str = CPU["data_profile"]  # pretraining_data profile whose cleaned, tokenized corpus we train on
+    # pretraining_data profile whose cleaned, tokenized corpus we train on
+    data_profile: Profile = per_profile(smoke="smoke", cpu="cpu", gpu="gpu")
     val_fraction: float = 0.1  # trailing documents held out for validation loss and bits per byte
     # the base model (LLaMA-style decoder)
-    d_model: int = CPU["d_model"]  # C
-    n_layers: int = CPU["n_layers"]  # L
-    n_heads: int = CPU["n_heads"]  # H
-    seq_len: int = CPU["seq_len"]  # T, training context
+    d_model: int = per_profile(smoke=64, cpu=96, gpu=768)  # C
+    n_layers: int = per_profile(smoke=2, cpu=3, gpu=12)  # L
+    n_heads: int = per_profile(smoke=4, cpu=4, gpu=12)  # H
+    seq_len: int = per_profile(smoke=64, cpu=128, gpu=1024)  # T, training context
     # the run
-    batch_size: int = CPU["batch_size"]  # B, sequences per optimizer step
-    steps: int = CPU["steps"]  # optimizer steps of the base model
-    warmup_steps: int = CPU["warmup_steps"]  # linear LR warm-up, then cosine to min_lr_ratio
+    batch_size: int = per_profile(smoke=8, cpu=8, gpu=32)  # B, sequences per optimizer step
+    steps: int = per_profile(smoke=60, cpu=300, gpu=5000)  # optimizer steps of the base model
+    warmup_steps: int = per_profile(smoke=6, cpu=30, gpu=500)  # linear LR warm-up, then cosine to min_lr_ratio
     min_lr_ratio: float = 0.1  # final LR / peak LR (LLaMA: 0.1)
-    lr: float = CPU["lr"]  # peak AdamW learning rate
+    lr: float = per_profile(smoke=0.003, cpu=0.002, gpu=0.0006)  # peak AdamW learning rate
     weight_decay: float = 0.1  # decoupled decay on matrices
-    eval_every: int = CPU["eval_every"]  # steps between validation evaluations
-    eval_tokens: int = CPU["eval_tokens"]  # validation tokens scored at each evaluation
-    precision: str = "fp32"  # "fp32" on CPU (bf16 is ~15x slower there), "bf16" on GPU
-    compile: bool = False  # torch.compile the model (GPU only)
-    peak_matmul_n: int = CPU["peak_matmul_n"]  # n of the n x n matmul that measures the CPU's peak FLOP/s
+    eval_every: int = per_profile(smoke=20, cpu=50, gpu=250)  # steps between validation evaluations
+    eval_tokens: int = per_profile(smoke=4096, cpu=16384, gpu=1_048_576)  # validation tokens scored at each evaluation
+    # "fp32" on CPU (bf16 is ~15x slower there), "bf16" on GPU
+    precision: str = per_profile(smoke="fp32", cpu="fp32", gpu="bf16")
+    compile: bool = per_profile(smoke=False, cpu=False, gpu=True)  # torch.compile the model (GPU only)
+    # n of the n x n matmul that measures the CPU's peak FLOP/s
+    peak_matmul_n: int = per_profile(smoke=512, cpu=1024, gpu=4096)
     # data parallelism
-    dist_steps: int = CPU["dist_steps"]  # steps of the 1-process vs N-process comparison (0 = skip it)
-    dist_d_model: int = CPU["dist_d_model"]  # the comparison's model: small on GPU hosts, whose check may run on CPUs
-    dist_n_layers: int = CPU["dist_n_layers"]
-    dist_seq_len: int = CPU["dist_seq_len"]
-    dist_engines: tuple[str, ...] = CPU["dist_engines"]  # engines launched: "ddp", "zero1", "zero2", "zero3"
+    # steps of the 1-process vs N-process comparison (0 = skip it)
+    dist_steps: int = per_profile(smoke=6, cpu=20, gpu=50)
+    # the comparison's model: small on GPU hosts, whose check may run on CPUs
+    dist_d_model: int = per_profile(smoke=64, cpu=96, gpu=192)
+    dist_n_layers: int = per_profile(smoke=2, cpu=3, gpu=2)
+    dist_seq_len: int = per_profile(smoke=64, cpu=128, gpu=128)
+    # engines launched: "ddp", "zero1", "zero2", "zero3"
+    dist_engines: tuple[str, ...] = per_profile(
+        smoke=("ddp",), cpu=("ddp", "zero2", "zero3"), gpu=("ddp", "zero2", "zero3")
+    )
     dist_nproc: int = 2  # processes per launched run (on a multi-GPU host: the GPU count)
     # resume test
-    resume_steps: int = CPU["resume_steps"]  # steps before and after the checkpoint in the resume demonstration
+    # steps before and after the checkpoint in the resume demonstration
+    resume_steps: int = per_profile(smoke=6, cpu=10, gpu=100)
     # decoding
-    sample_tokens: int = CPU["sample_tokens"]  # new tokens per decoded sample
+    sample_tokens: int = per_profile(smoke=24, cpu=48, gpu=96)  # new tokens per decoded sample
     # scaling sweep
-    sweep_d_models: tuple[int, ...] = CPU["sweep_d_models"]  # widths of the sweep models (2 layers, head dim 8 or 16)
+    # widths of the sweep models (2 layers, head dim 8 or 16)
+    sweep_d_models: tuple[int, ...] = per_profile(
+        smoke=(16, 24, 32, 48, 64), cpu=(16, 32, 48, 64, 96), gpu=(64, 128, 192, 256, 384)
+    )
     sweep_n_layers: int = 2  # L of every sweep model
-    sweep_tokens: tuple[int, ...] = CPU["sweep_tokens"]  # token budgets D of the sweep
-    sweep_seq_len: int = 64  # T of the sweep runs
+    # token budgets D of the sweep
+    sweep_tokens: tuple[int, ...] = per_profile(
+        smoke=(8192, 24576), cpu=(16_384, 49_152, 131_072), gpu=(20_000_000, 60_000_000, 200_000_000)
+    )
+    sweep_seq_len: int = per_profile(smoke=64, cpu=64, gpu=256)  # T of the sweep runs
     sweep_batch_size: int = 8  # B of the sweep runs
     sweep_lr: float = 3e-3  # peak LR of the sweep runs
-    heldout_d_model: int = CPU["heldout_d_model"]  # width of the larger run predicted before it is trained
+    # width of the larger run predicted before it is trained
+    heldout_d_model: int = per_profile(smoke=96, cpu=160, gpu=512)
+    # intra-op threads; None = torch's default (this chapter's cpu models are big enough to use both cores)
+    torch_threads: int | None = per_profile(smoke=1, cpu=None, gpu=None)
 
     def validate(self) -> None:
         super().validate()
-        self.check(self.data_profile in PROFILES, "data_profile", f"must be one of {PROFILES}")
         self.check(0 < self.val_fraction < 0.5, "val_fraction", "must be in (0, 0.5)")
         self.check_head_split("d_model", self.n_heads)
         self.check(self.n_layers >= 1, "n_layers", "must be at least 1")
@@ -158,7 +95,8 @@ class PretrainingConfig(TorchChapterConfig):
         self.check(self.sample_tokens >= 1, "sample_tokens", "must be at least 1")
         self.check(len(self.sweep_d_models) * len(self.sweep_tokens) >= 5, "sweep_d_models",
                    "sweep_d_models x sweep_tokens must give at least 5 runs (the law has 5 parameters)")
-        self.check(all(d % 8 == 0 for d in self.sweep_d_models), "sweep_d_models", "every width must be a multiple of 8")
+        self.check(all(d % 8 == 0 for d in self.sweep_d_models), "sweep_d_models",
+                   "every width must be a multiple of 8")
         self.check(len(set(self.sweep_tokens)) >= 2, "sweep_tokens", "needs two or more distinct budgets")
         self.check(self.sweep_n_layers >= 1, "sweep_n_layers", "must be at least 1")
         self.check(self.sweep_seq_len >= 8 and self.sweep_batch_size >= 1, "sweep_seq_len",

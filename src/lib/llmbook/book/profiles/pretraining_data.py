@@ -1,42 +1,17 @@
-"""Profile of the pretraining_data chapter: raw-crawl size, dirt rates, filter thresholds, experiment sizes."""
+"""Config of the pretraining_data chapter: raw-crawl size, dirt rates, filter thresholds, experiment sizes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmbook.profiles import PROFILES, ChapterConfig, register
-
-SMOKE = dict(
-    en_docs=50,
-    zh_docs=50,
-    langid_eval_snippets=150,
-    classifier_train_docs=80,
-    pii_bench_texts=300,
-    dedup_eval_docs=150,
-    selection_fracs=(0.1, 0.3),
-    proxy_budget_mb=0.1,
-    tokenizer_profile="smoke",
-)
-CPU = dict(
-    en_docs=277,
-    zh_docs=600,
-    langid_eval_snippets=600,
-    classifier_train_docs=300,
-    pii_bench_texts=1500,
-    dedup_eval_docs=600,
-    selection_fracs=(0.05, 0.1, 0.2, 0.4),
-    proxy_budget_mb=0.6,
-    tokenizer_profile="cpu",
-)
-GPU = dict(CPU, tokenizer_profile="gpu")  # the bundled data is small: the gpu profile differs only by its tokenizer
+from llmbook.book.profiles.base import ChapterConfig, Profile, per_profile
 
 
-@register("pretraining_data", presets={"smoke": SMOKE, "cpu": CPU, "gpu": GPU, "multi-gpu": GPU})
 @dataclass(kw_only=True)
 class PretrainingDataConfig(ChapterConfig):
     # the raw crawl (llmbook.data.raw_corpus)
-    en_docs: int = CPU["en_docs"]  # English chapters drawn from the bundled novels (277 exist)
-    zh_docs: int = CPU["zh_docs"]  # Chinese documents (joined poems / classic chapters)
+    en_docs: int = per_profile(smoke=50, cpu=277, gpu=277)  # English chapters drawn from the bundled novels (277 exist)
+    zh_docs: int = per_profile(smoke=50, cpu=600, gpu=600)  # Chinese documents (joined poems / classic chapters)
     zh_min_chars: int = 300  # poems are joined until a document has this many characters
     reference_frac: float = 0.2  # clean documents held out as reference text (classifier, selection, held-out loss)
     near_dup_rate: float = 0.15  # edited copies planted, per clean document
@@ -46,23 +21,31 @@ class PretrainingDataConfig(ChapterConfig):
     junk_rate: float = 0.03  # documents of each junk kind (binary, code, spam, ...), per clean document
     # filters
     langid_snippet_chars: int = 40  # length of the snippets the language-ID confusion matrix is measured on
-    langid_eval_snippets: int = CPU["langid_eval_snippets"]  # held-out snippets per language
-    classifier_train_docs: int = CPU["classifier_train_docs"]  # training windows per class for the quality classifier
+    langid_eval_snippets: int = per_profile(smoke=150, cpu=600, gpu=600)  # held-out snippets per language
+    # training windows per class for the quality classifier
+    classifier_train_docs: int = per_profile(smoke=80, cpu=300, gpu=300)
     quality_threshold: float = 0.5  # p(good) below this drops a document
-    pii_bench_texts: int = CPU["pii_bench_texts"]  # labelled texts of the PII benchmark
+    pii_bench_texts: int = per_profile(smoke=300, cpu=1500, gpu=1500)  # labelled texts of the PII benchmark
     # deduplication
     dedup_threshold: float = 0.7  # Jaccard similarity of 5-gram shingle sets regarded as duplicate
     num_perm: int = 128  # MinHash signature length
-    dedup_eval_docs: int = CPU["dedup_eval_docs"]  # documents in the pair precision/recall and datasketch check
+    # documents in the pair precision/recall and datasketch check
+    dedup_eval_docs: int = per_profile(smoke=150, cpu=600, gpu=600)
     # selection and mixing (byte n-gram language models)
     ngram_order: int = 4  # order of the byte n-gram LMs standing in for small language models
-    selection_fracs: tuple[float, ...] = CPU["selection_fracs"]  # budgets as fractions of the candidate pool's bytes
-    proxy_budget_mb: float = CPU["proxy_budget_mb"]  # training bytes of each proxy model in the mixture search
+    # budgets as fractions of the candidate pool's bytes
+    selection_fracs: tuple[float, ...] = per_profile(
+        smoke=(0.1, 0.3), cpu=(0.05, 0.1, 0.2, 0.4), gpu=(0.05, 0.1, 0.2, 0.4)
+    )
+    # training bytes of each proxy model in the mixture search
+    proxy_budget_mb: float = per_profile(smoke=0.1, cpu=0.6, gpu=0.6)
     selection_target: str = "austen"  # bundled source whose reference documents define "good" text for selection
     # tokenization
-    tokenizer_profile: str = CPU["tokenizer_profile"]  # which tokenization profile's book tokenizer encodes the corpus
+    # which tokenization profile's book tokenizer encodes the corpus
+    tokenizer_profile: Profile = per_profile(smoke="smoke", cpu="cpu", gpu="gpu")
 
     def validate(self) -> None:
+        super().validate()
         self.check(self.en_docs >= 10, "en_docs", "must be at least 10")
         self.check(self.zh_docs >= 0, "zh_docs", "must be zero or positive")
         self.check(self.zh_min_chars >= 50, "zh_min_chars", "must be at least 50 (the word-count rule needs 50)")
@@ -85,4 +68,3 @@ class PretrainingDataConfig(ChapterConfig):
         self.check(self.proxy_budget_mb > 0, "proxy_budget_mb", "must be positive")
         sources = ("austen", "moby_dick", "chinese_classics", "tang_song_poetry")
         self.check(self.selection_target in sources, "selection_target", f"must be one of {sources}")
-        self.check(self.tokenizer_profile in PROFILES, "tokenizer_profile", f"must be one of {PROFILES}")
