@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
-from collections import Counter
+import json
+import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import llmbook.tokenization as llmbook_tokenization
 from llmbook.data.corpora import corpus_text
 from llmbook.tokenization import (
     ByteBPETokenizer,
     CharBPETokenizer,
+    TokenizerFileError,
     UnigramTokenizer,
     WordPieceTokenizer,
     export_pretrained,
@@ -22,11 +28,13 @@ from llmbook.tokenization import (
     load_published_bpe,
     recover_merges,
     train_bpe,
+    train_bpe_naive,
     train_char_bpe,
     train_unigram,
     train_wordpiece,
 )
-from llmbook.tokenization.published import PUBLISHED, bundled_vocabulary_dir, default_cache_dir
+from llmbook.tokenization.published import PUBLISHED, bundled_vocabulary_dir
+from llmbook.tokenization.serialization import FORMAT_VERSION, TOKENIZER_FIELDS, write_tokenizer_json
 
 EOT = "<|endoftext|>"
 VOCAB = 3000  # small enough for fast tests, big enough for real merges (en + zh alphabet)
@@ -64,37 +72,43 @@ def test_bpe_first_merges_hand_derived():
     assert tok.token_bytes(256) == b"aa" and tok.token_bytes(257) == b"ab"
 
 
-def _naive_merges(text: str, n: int) -> list[tuple[int, int]]:
-    """Recount every pair after every merge (slow reference for the incremental trainer)."""
-    from llmbook.tokenization.bpe import merge_pair
-    from llmbook.tokenization.pretokenize import count_words
+def _assert_same_training(fast: ByteBPETokenizer, naive: ByteBPETokenizer) -> None:
+    first = next((i for i, (x, y) in enumerate(zip(fast.merges, naive.merges)) if x != y), None)
+    assert fast.merges == naive.merges, f"first differing merge at rank {first}"
+    assert fast.ranks == naive.ranks and fast.special_tokens == naive.special_tokens
 
-    counts = count_words(text, "gpt2")
-    words = {tuple(w.encode()): f for w, f in counts.items()}
-    pieces = [bytes([i]) for i in range(256)]
-    merges: list[tuple[int, int]] = []
-    while len(merges) < n:
-        pc: Counter = Counter()
-        for w, f in words.items():
-            for p in zip(w, w[1:]):
-                pc[p] += f
-        ranked = sorted(pc.items(), key=lambda kv: (-kv[1], kv[0]))
-        ranked = [(p, c) for p, c in ranked if pieces[p[0]] + pieces[p[1]] not in pieces]
-        if not ranked:
-            break
-        (a, b), _ = ranked[0]
-        merges.append((a, b))
-        pieces.append(pieces[a] + pieces[b])
-        words = {tuple(merge_pair(w, a, b, len(pieces) - 1)): f for w, f in words.items()}
-    return merges
+
+def test_naive_trainer_hand_derived():
+    naive = train_bpe_naive("aaabdaaabac", 258)
+    assert naive.merges == [(97, 97), (97, 98)], naive.merges
 
 
 def test_incremental_trainer_matches_naive_recount(texts):
-    text = texts["en"][:20_000] + texts["zh"][:3_000]
-    tok = train_bpe(text, 256 + 150)
-    naive = _naive_merges(text, 150)
-    first_diff = next((i for i, (x, y) in enumerate(zip(tok.merges, naive)) if x != y), None)
-    assert tok.merges == naive, f"first differing merge at rank {first_diff}"
+    text = texts["en"][:20_000] + EOT + texts["zh"][:3_000] + EOT
+    _assert_same_training(train_bpe(text, 256 + 150 + 1, [EOT]), train_bpe_naive(text, 256 + 150 + 1, [EOT]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_incremental_trainer_matches_naive_on_seeded_texts(seed):
+    # few distinct symbols -> many equal counts: the tie-break and the skip rule decide most merges
+    rng = random.Random(seed)
+    symbols = ["a", "b", "ab", " ", "学", "习", "学习", "。", EOT]
+    text = "".join(rng.choice(symbols) for _ in range(3000))
+    special = [EOT, "<|pad|>"]
+    fast, naive = train_bpe(text, 256 + 60 + 2, special), train_bpe_naive(text, 256 + 60 + 2, special)
+    _assert_same_training(fast, naive)
+    assert fast.special_tokens == {EOT: 316, "<|pad|>": 317}
+    # the trainers ran out of pairs together if they did (a short merge list is part of the check)
+    big_fast, big_naive = train_bpe(text[:300], 2000, special), train_bpe_naive(text[:300], 2000, special)
+    _assert_same_training(big_fast, big_naive)
+    assert len(big_fast.merges) < 2000 - 256 - 2
+
+
+def test_merge_onto_an_existing_token_is_skipped():
+    # the char alphabet holds "<unk>"; a text that spells it would otherwise make a second "<unk>"
+    tok = train_char_bpe("an <unk> here, <unk> there " * 20, 40, pattern=r"\S+|\s+")
+    assert len(set(tok.tokens)) == len(tok.tokens), tok.tokens
+    assert tok.tokens.count(CharBPETokenizer.UNK) == 1
 
 
 def test_trained_vocab_rejects_bad_arguments():
@@ -203,7 +217,7 @@ def test_gpt2_ranks_match_tiktoken(texts):
 
 @pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
 def test_fetched_ranks_match_tiktoken(name, texts):
-    if not (default_cache_dir() / PUBLISHED[name][0]).is_file():
+    if not (bundled_vocabulary_dir() / PUBLISHED[name][0]).is_file():
         pytest.skip(f"{name} not fetched (run `llmbook assets`)")
     ours, ref = load_published_bpe(name), load_published(name)
     text = texts["en"][:50_000] + texts["zh"][:20_000] + "".join(ROUND_TRIP_TEXTS.values())
@@ -215,6 +229,38 @@ def test_missing_published_file_names_the_fetch_command(tmp_path):
         load_published("cl100k_base", tmp_path)
     with pytest.raises(ValueError, match="name must be one of"):
         load_published("gpt5")
+
+
+def test_explicit_directory_is_searched(tmp_path):
+    shutil.copy(bundled_vocabulary_dir() / "gpt2.tiktoken", tmp_path / "gpt2.tiktoken")
+    assert load_published_bpe("gpt2", tmp_path).vocab_size == 50257
+
+
+def test_fetched_vocabularies_are_git_ignored():
+    # fetch_published_vocabularies() writes them beside gpt2.tiktoken, which is committed; they must not be
+    root = bundled_vocabulary_dir().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for name, ignored in (("cl100k_base", True), ("o200k_base", True), ("gpt2", False)):
+        path = bundled_vocabulary_dir() / PUBLISHED[name][0]
+        done = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=root, check=False)
+        assert (done.returncode == 0) == ignored, f"{path.name}: git check-ignore returned {done.returncode}"
+
+
+def test_tokenization_imports_no_book_machinery():
+    # a teaching package imports other teaching packages and third-party code only (DESIGN.md)
+    machinery = ("artifacts", "book", "chain", "cli", "plots", "profiles", "report", "runner", "site")
+    package = Path(llmbook_tokenization.__file__).parent
+    for module in package.glob("*.py"):
+        if module.name == "book.py":  # the book tokenizer (being moved out of the package)
+            continue
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                parts = name.split(".")
+                bad = parts[0] == "llmbook" and len(parts) > 1 and parts[1] in machinery
+                assert not bad, f"{module.name} imports {name}"
 
 
 def test_trained_ranks_in_tiktoken_give_same_ids(bpe, texts):
@@ -244,6 +290,41 @@ def test_save_load_round_trips(tmp_path, bpe, texts):
         assert again.vocab_size == tok.vocab_size, name
     with pytest.raises(ValueError, match="not a wordpiece"):
         WordPieceTokenizer.load(tmp_path / "bpe.json")
+    # files written before "format_version" existed (same fields, no version) still load
+    for name, (tok, cls) in tokenizers.items():
+        doc = json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))
+        assert doc.pop("format_version") == FORMAT_VERSION
+        assert set(doc) == {"kind", *TOKENIZER_FIELDS[doc["kind"]]}
+        old = tmp_path / f"{name}_unversioned.json"
+        old.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+        assert cls.load(old).encode(sample) == tok.encode(sample), name
+
+
+def test_malformed_tokenizer_files_give_one_clear_error(tmp_path, bpe):
+    good = tmp_path / "good.json"
+    bpe.save(good)
+    doc = json.loads(good.read_text(encoding="utf-8"))
+    cases = {
+        "not JSON": "{ truncated",
+        "a JSON list": "[1, 2]",
+        "kind=None": json.dumps({"tokens": []}),
+        "kind='unigram'": json.dumps({**doc, "kind": "unigram"}),
+        "format_version 2": json.dumps({**doc, "format_version": FORMAT_VERSION + 1}),
+        "without the fields ['merges']": json.dumps({k: v for k, v in doc.items() if k != "merges"}),
+    }
+    for expected, text in cases.items():
+        path = tmp_path / "bad.json"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(TokenizerFileError) as info:
+            ByteBPETokenizer.load(path)
+        assert expected in str(info.value) and str(path) in str(info.value), str(info.value)
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(TokenizerFileError, match="not JSON"):
+        UnigramTokenizer.load(tmp_path / "binary.json")
+    with pytest.raises(ValueError, match="payload has the fields"):
+        write_tokenizer_json(tmp_path / "x.json", "byte_bpe", {"tokens": []})
+    with pytest.raises(ValueError, match="kind must be one of"):
+        write_tokenizer_json(tmp_path / "x.json", "bpe", {})
 
 
 # --- HF export -----------------------------------------------------------------------------------
@@ -286,8 +367,9 @@ def test_byte_bpe_compression_vs_hf(bpe, texts):
     hf = Tokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
+        vocab_size=VOCAB, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )  # fmt: skip
     hf.train_from_iterator([texts["train"]], trainer)
     held = texts["heldout"]
     ours, theirs = _bytes_per_token(held, len(bpe.encode(held))), _bytes_per_token(held, len(hf.encode(held).ids))
@@ -356,9 +438,7 @@ def test_incremental_trainer_on_repeated_pairs_matches_naive():
     # words where the merged pair occurs several times, touching or overlapping ("aaaa", "abab"):
     # the trainer's recount path, not its one-occurrence fast path
     text = "aaaa aaa abab ababab aabaab bbbb abba xyzaaaa xyzabab " * 3 + "aaaaaaa abababab baba xyz"
-    tok = train_bpe(text, 256 + 12)
-    naive = _naive_merges(text, 12)
-    assert tok.merges == naive, f"ours {tok.merges} vs naive {naive}"
+    _assert_same_training(train_bpe(text, 256 + 12), train_bpe_naive(text, 256 + 12))
 
 
 def test_encoder_word_cache_overflow_keeps_ids(bpe, texts, monkeypatch):

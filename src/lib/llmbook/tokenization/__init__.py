@@ -1,11 +1,21 @@
 """From-scratch tokenizers: byte-level BPE, character BPE, WordPiece, Unigram LM.
 
 Each trained tokenizer has `encode(text) -> list[int]`, `decode(ids) -> str`, `vocab_size`,
-`save(path)` / `load(path)` (JSON). Verified against tiktoken, HF `tokenizers` and sentencepiece
-in tests/test_tokenization*.py.
+`save(path)` / `load(path)` (one JSON format, written once in `serialization`). Verified against
+tiktoken, HF `tokenizers` and sentencepiece in tests/test_tokenization*.py; `train_bpe_naive` is the
+readable reference that `train_bpe`'s incremental trainer is checked against.
 """
 
-from .bpe import ByteBPETokenizer, CharBPETokenizer, apply_ranks, recover_merges, train_bpe, train_char_bpe
+from .bpe import (
+    ByteBPETokenizer,
+    CharBPETokenizer,
+    apply_ranks,
+    recover_merges,
+    train_bpe,
+    train_bpe_naive,
+    train_char_bpe,
+)
+from .export import export_pretrained, export_tokenizer_json, to_hf_tokenizer
 from .pretokenize import (
     BERT_PATTERN,
     CL100K_PATTERN,
@@ -16,12 +26,12 @@ from .pretokenize import (
     split_special,
 )
 from .published import (
-    default_cache_dir,
+    bundled_vocabulary_dir,
     fetch_published_vocabularies,
     load_published,
     load_published_bpe,
     load_published_ranks,
 )
-from .export import export_pretrained, export_tokenizer_json, to_hf_tokenizer
+from .serialization import TokenizerFileError, read_tokenizer_json, write_tokenizer_json
 from .unigram import UnigramTokenizer, UnigramTrainConfig, train_unigram
 from .wordpiece import WordPieceTokenizer, train_wordpiece

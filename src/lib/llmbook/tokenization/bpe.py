@@ -7,10 +7,13 @@ as the alphabet, so every string, in any script, encodes without an unknown toke
 Training works on unique pre-token words with counts and updates pair counts incrementally:
 `where[pair]` lists the words that may contain the pair, and a max-heap of (count, pair) entries
 with lazy invalidation gives the next merge without recounting. Only the words that contain the
-merged pair are touched, and only the pairs next to each merge change. Tie-break (documented, deterministic): highest count first, then the
-smallest (left id, right id) pair — the older (lower-id) tokens win. A merge whose bytes already
-exist as a token (reachable by another split) is skipped, so token bytes stay unique and the
-rank table is a valid `tiktoken` vocabulary.
+merged pair are touched, and only the pairs next to each merge change. `train_bpe_naive` is the
+same trainer written to be read: it recounts every pair after every merge and learns exactly the
+same merges. Tie-break (documented, deterministic): highest count first, then the smallest
+(left id, right id) pair — the older (lower-id) tokens win. A merge whose surface already is a
+token is skipped, so token surfaces stay unique and the rank table is a valid `tiktoken`
+vocabulary. From single bytes this never happens (every word is merged left to right alike, so a
+byte string has one split), but the character variant's alphabet holds `<unk>`, which text can spell.
 
 Encoding follows tiktoken: ids are ranks, and within one pre-token the adjacent pair whose
 concatenation has the lowest rank is merged first, until no concatenation is in the vocabulary;
@@ -21,17 +24,17 @@ text is encoded once.
 from __future__ import annotations
 
 import heapq
-import json
 import sys
-from collections import defaultdict
-from itertools import chain
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import TypeVar
 
 from tqdm import tqdm  # text bars: no widget dependency, clean in saved notebooks
 
 from .pretokenize import GPT2_PATTERN, compile_pattern, count_words, encode_with_specials
+from .serialization import read_tokenizer_json, write_tokenizer_json
 
 T = TypeVar("T", bytes, str)
 U = TypeVar("U", int, str)
@@ -345,21 +348,18 @@ class ByteBPETokenizer:
         tokens = [""] * n
         for b, r in self.ranks.items():
             tokens[r] = bytes_to_visible(b)
-        doc = {
-            "kind": "byte_bpe",
+        payload = {
             "pattern": self.pattern,
             "tokens": tokens,
             "merges": [list(m) for m in self._merges] if self._merges is not None else None,
             "special_tokens": self.special_tokens,
         }
-        Path(path).write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+        write_tokenizer_json(path, "byte_bpe", payload)
 
     @classmethod
     def load(cls, path: str | Path) -> ByteBPETokenizer:
-        """Read a file written by `save`."""
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        if doc.get("kind") != "byte_bpe":
-            raise ValueError(f"{path} is not a byte_bpe tokenizer file (kind={doc.get('kind')!r})")
+        """Read a file written by `save` (a wrong or malformed file raises `TokenizerFileError`)."""
+        doc = read_tokenizer_json(path, "byte_bpe")
         ranks = {visible_to_bytes(t): i for i, t in enumerate(doc["tokens"])}
         merges = [tuple(m) for m in doc["merges"]] if doc["merges"] is not None else None
         return cls(ranks, doc["special_tokens"], doc["pattern"], merges)
@@ -401,6 +401,45 @@ def train_bpe(
     freqs = list(counts.values())
     pieces: list[bytes] = [bytes([i]) for i in range(256)]
     merges = train_merges(words, freqs, pieces, vocab_size - 256 - len(special_tokens), progress)
+    ranks = {p: i for i, p in enumerate(pieces)}
+    specials = {s: len(pieces) + i for i, s in enumerate(special_tokens)}
+    return ByteBPETokenizer(ranks, specials, pattern, merges)
+
+
+def train_bpe_naive(
+    texts: str | Iterable[str],
+    vocab_size: int,
+    special_tokens: Sequence[str] = (),
+    pattern: str = GPT2_PATTERN,
+) -> ByteBPETokenizer:
+    """The readable reference of `train_bpe`: recount every pair after each merge (minbpe-style).
+
+    Same input, same result: the same merges in the same order, with the same tie-break (highest
+    count, then the smallest (left id, right id)). Each merge rescans every word, so V merges over
+    W distinct words cost O(V * W); `train_bpe` (via `train_merges`) keeps the pair counts and
+    changes only the few next to each merge, which is what makes megabytes of text and 50k merges
+    trainable. (`train_merges` also skips a pair whose surface is already a token; from single
+    bytes that cannot happen, so this loop leaves the check out.)
+    """
+    special_tokens = list(special_tokens)
+    _check_vocab_size(vocab_size, 256 + len(special_tokens), "256 bytes + special tokens")
+    counted = count_words(texts, pattern, special_tokens)
+    words = [list(w.encode("utf-8")) for w in counted]  # each distinct pre-token as byte ids
+    freqs = list(counted.values())
+    pieces = [bytes([i]) for i in range(256)]  # id -> token bytes; a merge appends the next id
+    merges: list[tuple[int, int]] = []
+    while len(pieces) < vocab_size - len(special_tokens):
+        counts: Counter[tuple[int, int]] = Counter()
+        for word, f in zip(words, freqs):
+            for pair in zip(word, word[1:]):
+                counts[pair] += f
+        if not counts:
+            break  # every word is one token: the corpus ran out of pairs
+        a, b = min(counts, key=lambda p: (-counts[p], p))  # most frequent; ties: smallest ids
+        new = len(pieces)
+        pieces.append(pieces[a] + pieces[b])
+        merges.append((a, b))
+        words = [merge_pair(word, a, b, new) for word in words]
     ranks = {p: i for i, p in enumerate(pieces)}
     specials = {s: len(pieces) + i for i, s in enumerate(special_tokens)}
     return ByteBPETokenizer(ranks, specials, pattern, merges)
@@ -450,9 +489,10 @@ class CharBPETokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Encode `text`; unseen characters become the `<unk>` id."""
-        return encode_with_specials(
-            text, self.special_tokens, lambda chunk: [i for w in self._regex.findall(chunk) for i in self._encode_word(w)]
-        )
+        def encode_chunk(chunk: str) -> list[int]:
+            return [i for w in self._regex.findall(chunk) for i in self._encode_word(w)]
+
+        return encode_with_specials(text, self.special_tokens, encode_chunk)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Concatenate token texts (`<unk>` stays the literal string "<unk>")."""
@@ -460,21 +500,18 @@ class CharBPETokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write JSON (tokens in id order, merges, specials, pattern)."""
-        doc = {
-            "kind": "char_bpe",
+        payload = {
             "pattern": self.pattern,
             "tokens": self.tokens,
             "merges": [list(m) for m in self.merges],
             "special_tokens": self.special_tokens,
         }
-        Path(path).write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+        write_tokenizer_json(path, "char_bpe", payload)
 
     @classmethod
     def load(cls, path: str | Path) -> CharBPETokenizer:
-        """Read a file written by `save`."""
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        if doc.get("kind") != "char_bpe":
-            raise ValueError(f"{path} is not a char_bpe tokenizer file (kind={doc.get('kind')!r})")
+        """Read a file written by `save` (a wrong or malformed file raises `TokenizerFileError`)."""
+        doc = read_tokenizer_json(path, "char_bpe")
         merges = [tuple(m) for m in doc["merges"]]
         return cls(doc["tokens"], doc["special_tokens"], doc["pattern"], merges)
 

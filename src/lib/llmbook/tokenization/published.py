@@ -3,7 +3,9 @@
 A `.tiktoken` file is one line per token: base64(token bytes), a space, its rank (= id). GPT-2's
 file (MIT, from the openai-whisper sdist) is bundled in `data/vocabularies/`. cl100k/o200k are too
 big to commit; `fetch_published_vocabularies` takes them from the npm package `tiktoken`
-(js-tiktoken JSON, whose `bpe_ranks` string holds lines "<label> <first rank> tok tok ...").
+(js-tiktoken JSON, whose `bpe_ranks` string holds lines "<label> <first rank> tok tok ...") and
+writes them next to GPT-2's file, where `data/vocabularies/.gitignore` keeps them out of git. All
+three are then found in one place, and this module needs nothing but the data directory.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from llmbook.artifacts import cache_dir
 from llmbook.data.corpora import data_dir
 
 from .bpe import ByteBPETokenizer
@@ -56,13 +57,8 @@ PUBLISHED: dict[str, tuple[str, str, dict[str, int], str]] = {
 
 
 def bundled_vocabulary_dir() -> Path:
-    """`data/vocabularies/` of the checkout (GPT-2 ranks)."""
+    """`vocabularies/` in the data directory: GPT-2's bundled ranks and the fetched cl100k/o200k files."""
     return data_dir() / "vocabularies"
-
-
-def default_cache_dir() -> Path:
-    """Where fetched vocabularies go: `published/` in the artifact cache."""
-    return cache_dir() / "published"
 
 
 def read_tiktoken_file(path: str | Path) -> dict[bytes, int]:
@@ -98,8 +94,9 @@ def fetch_published_vocabularies(dest: Path | None = None) -> dict[str, Path]:
 
     Runs npm in a temporary directory (needs `npm` and access to the npm registry), converts the
     js-tiktoken JSON to `.tiktoken`, checks tiktoken's pinned sha256, and returns {name: path}.
+    The files go to `dest`, by default `bundled_vocabulary_dir()`, where `load_published` looks.
     """
-    dest = Path(dest) if dest is not None else default_cache_dir()
+    dest = Path(dest) if dest is not None else bundled_vocabulary_dir()
     dest.mkdir(parents=True, exist_ok=True)
     npm = shutil.which("npm")
     if npm is None:
@@ -127,17 +124,13 @@ def fetch_published_vocabularies(dest: Path | None = None) -> dict[str, Path]:
 
 
 def _find(name: str, directory: Path | None) -> Path:
+    """The `.tiktoken` file of `name` in `directory` (default: `bundled_vocabulary_dir()`)."""
     if name not in PUBLISHED:
         raise ValueError(f"name must be one of {sorted(PUBLISHED)}, got {name!r}")
-    fname = PUBLISHED[name][0]
-    dirs = [Path(directory)] if directory is not None else [bundled_vocabulary_dir(), default_cache_dir()]
-    for d in dirs:
-        if (d / fname).is_file():
-            return d / fname
-    raise FileNotFoundError(
-        f"{fname} not found in {', '.join(map(str, dirs))}; fetch it with `llmbook assets` "
-        f"or {FETCH_COMMAND}"
-    )
+    path = (Path(directory) if directory is not None else bundled_vocabulary_dir()) / PUBLISHED[name][0]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; fetch it with `llmbook assets` or {FETCH_COMMAND}")
+    return path
 
 
 def load_published_ranks(name: str, directory: Path | None = None) -> dict[bytes, int]:

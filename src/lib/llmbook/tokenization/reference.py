@@ -97,6 +97,8 @@ def train_sentencepiece(text: str, vocab_size: int, model_type: str = "unigram")
                 "(covered characters + 256 byte-fallback pieces) is larger"
             ) from None
         if "Vocabulary size too high" in str(error):
-            raise ValueError(f"sentencepiece finds fewer than {vocab_size} pieces in this text: train on more text") from None
+            raise ValueError(
+                f"sentencepiece finds fewer than {vocab_size} pieces in this text: train on more text"
+            ) from None
         raise
     return spm.SentencePieceProcessor(model_proto=model.getvalue())

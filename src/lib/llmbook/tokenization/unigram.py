@@ -18,7 +18,6 @@ tokens <0xNN> (SentencePiece's `byte_fallback`), so decode(encode(x)) == x for a
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 from tqdm import tqdm  # text bars: no widget dependency, clean in saved notebooks
 
 from .pretokenize import compile_pattern, count_words, iter_texts, split_special
+from .serialization import read_tokenizer_json, write_tokenizer_json
 
 SPACE = "▁"
 # words: "▁" + a run of Han characters, or "▁" + a run of other non-space characters; runs of
@@ -126,7 +126,9 @@ def expected_counts(
 class UnigramTokenizer:
     """Viterbi segmentation under piece log-probabilities, with byte fallback for unknown chars."""
 
-    def __init__(self, pieces: dict[str, float], special_tokens: Sequence[str] = (), max_piece_length: int = 16) -> None:
+    def __init__(
+        self, pieces: dict[str, float], special_tokens: Sequence[str] = (), max_piece_length: int = 16
+    ) -> None:
         self.special_tokens = {s: i for i, s in enumerate(special_tokens)}
         n_sp = len(self.special_tokens)
         self.byte_ids = [n_sp + b for b in range(256)]  # <0x00> .. <0xFF>
@@ -184,20 +186,17 @@ class UnigramTokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write JSON (pieces with log-probabilities, specials)."""
-        doc = {
-            "kind": "unigram",
+        payload = {
             "pieces": [[p, lp] for p, lp in self.logp.items()],
             "special_tokens": list(self.special_tokens),
             "max_piece_length": self.max_piece_length,
         }
-        Path(path).write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+        write_tokenizer_json(path, "unigram", payload)
 
     @classmethod
     def load(cls, path: str | Path) -> UnigramTokenizer:
-        """Read a file written by `save`."""
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        if doc.get("kind") != "unigram":
-            raise ValueError(f"{path} is not a unigram tokenizer file (kind={doc.get('kind')!r})")
+        """Read a file written by `save` (a wrong or malformed file raises `TokenizerFileError`)."""
+        doc = read_tokenizer_json(path, "unigram")
         return cls({p: lp for p, lp in doc["pieces"]}, doc["special_tokens"], doc["max_piece_length"])
 
 

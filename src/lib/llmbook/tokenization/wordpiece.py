@@ -20,7 +20,6 @@ suffix piece, and so on; a word that cannot be covered becomes a single [UNK].
 from __future__ import annotations
 
 import heapq
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from tqdm import tqdm  # text bars: no widget dependency, clean in saved noteboo
 
 from .bpe import merge_pair
 from .pretokenize import BERT_PATTERN, compile_pattern, count_words, encode_with_specials
+from .serialization import read_tokenizer_json, write_tokenizer_json
 
 PREFIX = "##"  # marks a piece that continues a word
 
@@ -86,9 +86,10 @@ class WordPieceTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Encode `text`: specials kept whole, then pre-tokens, then greedy pieces."""
-        return encode_with_specials(
-            text, self.special_tokens, lambda chunk: [i for w in self._regex.findall(chunk) for i in self.encode_word(w)]
-        )
+        def encode_chunk(chunk: str) -> list[int]:
+            return [i for w in self._regex.findall(chunk) for i in self.encode_word(w)]
+
+        return encode_with_specials(text, self.special_tokens, encode_chunk)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Join pieces with spaces and glue "##" continuations (BERT's lossy decode)."""
@@ -96,23 +97,21 @@ class WordPieceTokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write JSON (vocab in id order, unk, specials, pattern)."""
-        doc = {
-            "kind": "wordpiece",
+        payload = {
             "vocab": self.tokens,
             "unk_token": self.unk_token,
             "special_tokens": list(self.special_tokens),
             "pattern": self.pattern,
             "max_input_chars_per_word": self.max_input_chars_per_word,
         }
-        Path(path).write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+        write_tokenizer_json(path, "wordpiece", payload)
 
     @classmethod
     def load(cls, path: str | Path) -> WordPieceTokenizer:
-        """Read a file written by `save`."""
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        if doc.get("kind") != "wordpiece":
-            raise ValueError(f"{path} is not a wordpiece tokenizer file (kind={doc.get('kind')!r})")
-        return cls(doc["vocab"], doc["unk_token"], doc["special_tokens"], doc["pattern"], doc["max_input_chars_per_word"])
+        """Read a file written by `save` (a wrong or malformed file raises `TokenizerFileError`)."""
+        doc = read_tokenizer_json(path, "wordpiece")
+        fields = ("vocab", "unk_token", "special_tokens", "pattern", "max_input_chars_per_word")
+        return cls(*(doc[f] for f in fields))
 
 
 def train_wordpiece(
