@@ -49,7 +49,9 @@ def bench_minhash(docs: list[str], num_perm: int, scheme: str, pairs: int) -> di
     sig = minhash_texts(docs, num_perm, 1, scheme)
     t_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ms = MinHash.bulk([[s.encode("utf-8") for s in shingles(d)] for d in docs], num_perm=num_perm, seed=1, scheme=scheme)
+    ms = MinHash.bulk(
+        [[s.encode("utf-8") for s in shingles(d)] for d in docs], num_perm=num_perm, seed=1, scheme=scheme
+    )
     t_ds = time.perf_counter() - t0
     idx = range(0, min(len(docs) - 1, 2 * pairs), 2)
     exact = np.array([jaccard(set(shingles(docs[i])), set(shingles(docs[i + 1]))) for i in idx])
@@ -139,14 +141,18 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2, default=float))
     print(json.dumps({k: v for k, v in res.items() if k not in ("pipeline", "spark")}, indent=2))
-    print("pipeline docs/s", res["pipeline"]["docs_per_s"], "in", res["pipeline"]["docs_in"], "out", res["pipeline"]["docs_out"])
+    pipe = res["pipeline"]
+    print("pipeline docs/s", pipe["docs_per_s"], "in", pipe["docs_in"], "out", pipe["docs_out"])
     if "spark" in res:
         sp = res["spark"]
         if "skipped" in sp:
             print("spark section skipped:", sp["skipped"])
         else:
-            print(f"chapter pipeline ({sp['profile']}, {sp['docs_in']} docs): in-process {sp['in_process_docs_per_s']:.1f} docs/s, "
-                  f"spark {sp['master']} {sp['spark_docs_per_s']:.1f} docs/s, same survivors: {sp['same_survivors']}")
+            print(
+                f"chapter pipeline ({sp['profile']}, {sp['docs_in']} docs): "
+                f"in-process {sp['in_process_docs_per_s']:.1f} docs/s, "
+                f"spark {sp['master']} {sp['spark_docs_per_s']:.1f} docs/s, same survivors: {sp['same_survivors']}"
+            )
 
 
 if __name__ == "__main__":

@@ -257,7 +257,10 @@ def poetry_docs(dist: Path, zh: Zh) -> list[dict[str, Any]]:
                 break
         if size >= half:
             break
-    ci = sorted((f for f in (dist / "songci").glob("ci.song.*.json") if f.name.split(".")[2].isdigit()), key=lambda f: int(f.name.split(".")[2]))
+    ci = sorted(
+        (f for f in (dist / "songci").glob("ci.song.*.json") if f.name.split(".")[2].isdigit()),
+        key=lambda f: int(f.name.split(".")[2]),
+    )
     for f in ci:
         base = int(f.name.split(".")[2])
         for j, p in enumerate(load_json(f)):

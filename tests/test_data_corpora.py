@@ -67,7 +67,7 @@ def test_ids_are_stable_names():
 
 
 def test_no_gutenberg_boilerplate(all_docs):
-    for name, docs in all_docs.items():
+    for docs in all_docs.values():
         for d in docs:
             hits = [b for b in BOILERPLATE if b in d["text"]]
             assert not hits, f"{d['id']} contains {hits}"

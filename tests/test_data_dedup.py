@@ -27,7 +27,8 @@ from llmbook.data.minhash import (  # noqa: E402
 )
 
 TEXTS = [
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.",
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    "must be in want of a wife.",
     "Call me Ishmael. Some years ago never mind how long precisely having little or no money in my purse.",
     "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
     "",
@@ -40,9 +41,8 @@ TEXTS = [
 @pytest.mark.parametrize("unit", ["word", "char"])
 def test_signatures_equal_datasketch(scheme, unit):
     ours = minhash_signatures([hash_shingles(t, 5, unit, hash="sha1") for t in TEXTS], 128, 7, scheme)
-    ref = np.stack(
-        [m.hashvalues for m in MinHash.bulk([[s.encode() for s in shingles(t, 5, unit)] for t in TEXTS], num_perm=128, seed=7, scheme=scheme)]
-    )
+    shingle_lists = [[s.encode() for s in shingles(t, 5, unit)] for t in TEXTS]
+    ref = np.stack([m.hashvalues for m in MinHash.bulk(shingle_lists, num_perm=128, seed=7, scheme=scheme)])
     assert ours.dtype == ref.dtype
     diff = int(np.abs(ours.astype(np.int64) - ref.astype(np.int64)).max())
     assert diff == 0, f"max_abs_diff={diff}"
@@ -55,7 +55,8 @@ def test_fast_hash_permutation_stage_equals_datasketch(scheme):
     for h, row in zip(hl, ours):
         m = MinHash(num_perm=64, seed=3, scheme=scheme, hashfunc=int)
         m.update_batch([int(x) for x in h])
-        assert np.array_equal(row, m.hashvalues), f"max_abs_diff={np.abs(row.astype(np.int64) - m.hashvalues.astype(np.int64)).max()}"
+        diff = np.abs(row.astype(np.int64) - m.hashvalues.astype(np.int64)).max()
+        assert np.array_equal(row, m.hashvalues), f"max_abs_diff={diff}"
 
 
 def test_batch_hash_equals_single_and_counts_match_shingles():

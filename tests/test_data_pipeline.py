@@ -4,18 +4,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmbook.data.dedup import dedup_stages
-from llmbook.data.normalize import NormalizeConfig, decode_bytes, normalize_stage, normalize_text, remove_boilerplate_lines
+from llmbook.data.normalize import (
+    NormalizeConfig,
+    decode_bytes,
+    normalize_stage,
+    normalize_text,
+    remove_boilerplate_lines,
+)
 from llmbook.data.pii import pii_stage
 from llmbook.data.pipeline import Stage, run_pipeline
 from llmbook.data.quality import bad_word_stage, gopher_stage
 
 
 def test_decode_bytes_never_crashes_and_counts():
-    assert decode_bytes("ok".encode()) == ("ok", 0)
+    assert decode_bytes(b"ok") == ("ok", 0)
     text, n = decode_bytes(b"abc\xff\xfedef", fallbacks=())
     assert n == 2 and text == "abc\ufffd\ufffddef"
     assert decode_bytes(b"caf\xe9")[0] == "café"  # cp1252 fallback
-    mixed = "中文行".encode("gb18030") + b"\n" + "utf8 行".encode("utf-8")
+    mixed = "中文行".encode("gb18030") + b"\n" + "utf8 行".encode()
     text, n = decode_bytes(mixed)
     assert text == "中文行\nutf8 行" and n == 0
 
@@ -25,7 +31,8 @@ def test_normalize_forms_and_whitespace():
     assert t == "ABC x\n\ny"
     t, _ = normalize_text("ＡＢＣ", NormalizeConfig(form="NFC"))
     assert t == "ＡＢＣ"
-    assert remove_boilerplate_lines("Real text here.\nWe use cookies to improve.\nMore.") == ("Real text here.\nMore.", 1)
+    text = "Real text here.\nWe use cookies to improve.\nMore."
+    assert remove_boilerplate_lines(text) == ("Real text here.\nMore.", 1)
 
 
 def _stages():

@@ -18,11 +18,11 @@ from llmbook.book import profiles
 from llmbook.chain import corpus as chain
 from llmbook.data import corpus_build as cb
 from llmbook.data.corpora import load_documents
-from llmbook.data.raw_corpus import make_raw_corpus
+from llmbook.data.corpus_build import filters_from_state, filters_state
 from llmbook.data.dedup import NearDedupConfig, dedup_stages, exact_dedup, plant_near_duplicates, remove_repeated_lines
 from llmbook.data.pipeline import CorpusStage, run_pipeline
-from llmbook.data.corpus_build import filters_from_state, filters_state
-from llmbook.data.spark import SparkCorpusOp, corpus_op
+from llmbook.data.raw_corpus import make_raw_corpus
+from llmbook.data.spark import SparkCorpusOp, corpus_op, local_spark, run_pipeline_spark
 
 pytestmark = pytest.mark.xdist_group("spark")  # one worker, one SparkSession for the whole file
 
@@ -41,8 +41,6 @@ def spark():
         _unavailable("pyspark is not installed (pip install -e '.[spark]')")
     if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
         _unavailable("no Java runtime (java not on PATH and JAVA_HOME unset)")
-    from llmbook.data.spark import local_spark
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # pyspark 4.3 warns about pandas >= 3 (unused here)
         session = local_spark("local[2]", driver_memory="512m", shuffle_partitions=4)
@@ -53,7 +51,8 @@ def spark():
 def _compare(a: list[dict], b: list[dict]) -> None:
     """Same ids in the same order, same texts, same metadata (quality scores to 1e-12)."""
     ids_a, ids_b = [d["id"] for d in a], [d["id"] for d in b]
-    assert ids_a == ids_b, f"survivors differ: only in-process {sorted(set(ids_a) - set(ids_b))[:5]}, only spark {sorted(set(ids_b) - set(ids_a))[:5]}"
+    only_ours, only_spark = sorted(set(ids_a) - set(ids_b))[:5], sorted(set(ids_b) - set(ids_a))[:5]
+    assert ids_a == ids_b, f"survivors differ: only in-process {only_ours}, only spark {only_spark}"
     bad = [x["id"] for x, y in zip(a, b) if x["text"] != y["text"]]
     assert not bad, f"{len(bad)} texts differ, e.g. {bad[:3]}"
     qa = np.array([x["meta"].get("quality_score", 0.0) for x in a])
@@ -65,7 +64,10 @@ def _compare(a: list[dict], b: list[dict]) -> None:
 
 
 def _counts(report) -> list[tuple]:
-    return [(r["stage"], r["docs_in"], r["kept"], r["dropped"], r["bytes_in"], r["bytes_out"], r["reasons"]) for r in report.rows()]
+    return [
+        (r["stage"], r["docs_in"], r["kept"], r["dropped"], r["bytes_in"], r["bytes_out"], r["reasons"])
+        for r in report.rows()
+    ]
 
 
 def test_book_pipeline_on_spark_matches_in_process(spark):
@@ -83,11 +85,10 @@ def test_book_pipeline_on_spark_matches_in_process(spark):
 
 def test_dedup_stages_on_spark_with_planted_clusters(spark):
     """Clusters of several near copies (survivor = first in input order), exact copies, repeated lines."""
-    from llmbook.data.spark import run_pipeline_spark
-
     base = [{"id": d["id"], "text": d["text"], "meta": {}} for d in load_documents(lang="zh", limit=60)]
     docs, clusters = plant_near_duplicates(base, rate=1.0, seed=5)
-    docs += [{"id": f"copy{k}", "text": docs[3 * k]["text"].upper(), "meta": {}} for k in range(10)]  # exact after normalisation
+    # exact duplicates after normalisation
+    docs += [{"id": f"copy{k}", "text": docs[3 * k]["text"].upper(), "meta": {}} for k in range(10)]
     assert len(docs) - len(set(clusters)) > 60  # many multi-member clusters
     stages = dedup_stages(NearDedupConfig(threshold=0.6, num_perm=64, seed=3), min_line_docs=3)
     kept, rep = run_pipeline(docs, stages)

@@ -163,7 +163,10 @@ def tokenize_documents(texts: list[str], tokenizer: Any, eot_id: int) -> tuple[n
     tokenization chapter) because it is ~100x faster than the pure-Python encoder.
     """
     encoder = tokenizer.to_tiktoken() if hasattr(tokenizer, "to_tiktoken") else tokenizer
-    ids = encoder.encode_ordinary_batch(texts) if hasattr(encoder, "encode_ordinary_batch") else [encoder.encode_ordinary(t) for t in texts]
+    if hasattr(encoder, "encode_ordinary_batch"):
+        ids = encoder.encode_ordinary_batch(texts)
+    else:
+        ids = [encoder.encode_ordinary(t) for t in texts]
     vocab = int(getattr(tokenizer, "vocab_size", max([eot_id, *(max(x, default=0) for x in ids)]) + 1))
     dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
     lengths = np.array([len(x) + 1 for x in ids], dtype=np.int64)

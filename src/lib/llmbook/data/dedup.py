@@ -24,7 +24,7 @@ from functools import partial
 
 import numpy as np
 
-from llmbook.data.minhash import CJK_RE, minhash_texts, word_spans, words
+from llmbook.data.minhash import CJK_RE, minhash_texts, shingles, word_spans, words
 from llmbook.data.pipeline import CorpusStage, Doc
 
 
@@ -223,8 +223,6 @@ def datasketch_pairs(texts: Sequence[str], cfg: NearDedupConfig | None = None) -
     """The same detection with ``datasketch`` (MinHash.bulk + MinHashLSH), for side-by-side comparison."""
     from datasketch import MinHash, MinHashLSH
 
-    from llmbook.data.minhash import shingles
-
     cfg = cfg or NearDedupConfig()
     sets = [[s.encode("utf-8", "surrogatepass") for s in shingles(t, cfg.ngram, cfg.unit)] for t in texts]
     mhs = MinHash.bulk(sets, num_perm=cfg.num_perm, seed=cfg.seed, scheme=cfg.scheme)
@@ -246,9 +244,10 @@ def plant_near_duplicates(docs: list[Doc], rate: float, seed: int = 0) -> tuple[
     """Add ``round(rate * len(docs))`` edited copies of random documents; return ``(docs_out, cluster_ids)``.
 
     Only documents of >= ``MIN_PLANT_WORDS`` words are copied (for shorter ones a single edit
-    moves 5-gram Jaccard below any sensible threshold). Edits: ~2 % of words replaced or deleted, two paragraphs/sentences swapped, or boilerplate
-    header/footer added (one, two or all three). ``cluster_ids[i]`` is the index of the original
-    document; ``meta["dup_of"]`` names its id. Output order is shuffled.
+    moves 5-gram Jaccard below any sensible threshold). Edits: ~2 % of words replaced or deleted,
+    two paragraphs/sentences swapped, or boilerplate header/footer added (one, two or all three).
+    ``cluster_ids[i]`` is the index of the original document; ``meta["dup_of"]`` names its id.
+    Output order is shuffled.
     """
     if not 0.0 <= rate <= 10.0:
         raise ValueError(f"rate must be in [0, 10], got {rate}")
@@ -272,7 +271,10 @@ def plant_near_duplicates(docs: list[Doc], rate: float, seed: int = 0) -> tuple[
             for p in sorted(r.sample(range(len(spans)), len(spans) // 50), reverse=True):
                 a, b = spans[p]
                 cjk = bool(CJK_RE.match(text[a]))
-                new = r.choice(["", "也", "之", text[a:b]]) if cjk else r.choice(["", "indeed", "very", text[a:b].upper()])
+                if cjk:
+                    new = r.choice(["", "也", "之", text[a:b]])
+                else:
+                    new = r.choice(["", "indeed", "very", text[a:b].upper()])
                 text = text[:a] + new + text[b:]
         if "boiler" in edits:
             text = f"{r.choice(_BOILER)}\n{text}\n{r.choice(_BOILER)}"

@@ -59,7 +59,7 @@ class NaiveBayesLangId:
         self.log_prob = np.zeros((0, self.cfg.n_buckets))  # (classes, V)
         self.seen = np.zeros(self.cfg.n_buckets, bool)  # (V,) buckets with any training count
 
-    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> "NaiveBayesLangId":
+    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> NaiveBayesLangId:
         if len(texts) != len(labels) or not texts:
             raise ValueError("texts and labels must be non-empty and equally long")
         self.labels = sorted(set(labels))
@@ -75,7 +75,9 @@ class NaiveBayesLangId:
         self.log_prob = np.log(sm / sm.sum(axis=1, keepdims=True))
         return self
 
-    def predict(self, texts: Sequence[str], fast_path: bool = True, fast_scripts: Sequence[str] = ("zh", "en")) -> list[str]:
+    def predict(
+        self, texts: Sequence[str], fast_path: bool = True, fast_scripts: Sequence[str] = ("zh", "en")
+    ) -> list[str]:
         """Language label per text (script fast path first when ``fast_path``, trusted only for ``fast_scripts``).
 
         ``fast_scripts=("zh",)`` sends Latin-script text to the model: code is Latin script too.

@@ -35,8 +35,9 @@ SCHEMES = ("legacy", "affine32")
 
 _M1, _M2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 _K1, _K2, _K3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
-_WORD_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]|[^\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+")
+_CJK_RANGES = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"  # kana, CJK ideographs, Hangul
+CJK_RE = re.compile(f"[{_CJK_RANGES}]")
+_WORD_RE = re.compile(rf"[{_CJK_RANGES}]|[^\s{_CJK_RANGES}]+")  # one CJK character, or a run of other non-space
 
 
 def _char_class_table() -> np.ndarray:
@@ -322,7 +323,10 @@ def minhash_texts(
     unit: str = "word",
     batch: int = 2000,
 ) -> np.ndarray:
-    """(N, P) MinHash signatures of raw texts: fast shingle hashing + :func:`minhash_signatures`, ``batch`` texts at a time."""
+    """(N, P) MinHash signatures of raw texts, ``batch`` texts at a time.
+
+    Fast shingle hashing followed by :func:`minhash_signatures`.
+    """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     parts = [

@@ -109,7 +109,12 @@ def proxy_search(
     for name, weights in candidates.items():
         docs, epochs = sample_mixture(train, weights, budget, seed)
         model = ByteNGramLM(order).fit(docs)
-        row = {"candidate": name, "weights": dict(weights), "epochs": epochs, "target_loss": mixture_loss(model, heldout, target)}
+        row = {
+            "candidate": name,
+            "weights": dict(weights),
+            "epochs": epochs,
+            "target_loss": mixture_loss(model, heldout, target),
+        }
         row.update({f"loss_{k}": model.loss(v) for k, v in heldout.items()})
         rows.append(row)
     return sorted(rows, key=lambda r: r["target_loss"])

@@ -90,7 +90,10 @@ def normalize_unicode(text: str, form: str = "NFKC") -> str:
 
 
 def remove_control_chars(text: str) -> tuple[str, int]:
-    """Remove control, zero-width and BOM characters (keeping ``\\t``, ``\\n``, ``\\r``); return ``(text, n_removed)``."""
+    """Remove control, zero-width and BOM characters (keeping ``\\t``, ``\\n``, ``\\r``).
+
+    Returns ``(text, n_removed)``.
+    """
     text, n_sur = _SURROGATE_RE.subn(REPLACEMENT, text)
     text, n = _CONTROL_RE.subn("", text)
     return text, n

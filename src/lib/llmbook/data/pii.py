@@ -34,7 +34,10 @@ class Span:
     value: str  # the matched text
 
 
-_EMAIL_RE = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![\w-])")
+_EMAIL_RE = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*"  # local part
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![\w-])"  # @domain, TLD of 2-24 letters
+)
 _ID_RE = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
 _CARD_RE = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\dXx-])")
 _IPV4_RE = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.]|\.\d)")
@@ -44,7 +47,8 @@ _PHONE_CN_RE = re.compile(r"(?<![\d+])1[3-9]\d(?:[ -]?\d{4}){2}(?!\d)")
 
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
-CARD_PREFIXES = ("4", "51", "52", "53", "54", "55", "2221", "34", "37", "35", "6011", "65", "62")  # Visa MC Amex JCB Discover UnionPay
+# Visa 4; Mastercard 51-55, 2221; Amex 34, 37; JCB 35; Discover 6011, 65; UnionPay 62
+CARD_PREFIXES = ("4", "51", "52", "53", "54", "55", "2221", "34", "37", "35", "6011", "65", "62")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -249,11 +253,17 @@ def _hard_negative(r: random.Random) -> str:
     if k == 0:
         return f"Python {r.randint(2, 3)}.{r.randint(0, 13)}.{r.randint(0, 20)} was released."
     if k == 1:
-        return f"On {r.randint(1990, 2030)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d} at {r.randint(0, 23):02d}:{r.randint(0, 59):02d}:{r.randint(0, 59):02d}."
+        return (
+            f"On {r.randint(1990, 2030)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d} "
+            f"at {r.randint(0, 23):02d}:{r.randint(0, 59):02d}:{r.randint(0, 59):02d}."
+        )
     if k == 2:
         return f"ISBN 978-{r.randint(0, 9)}-{r.randint(100, 999)}-{r.randint(10000, 99999)}-{r.randint(0, 9)}."
     if k == 3:
-        return f"Order ORD-{r.randint(2020, 2030)}{r.randint(1, 12):02d}{r.randint(1, 28):02d}-{r.randint(10000, 99999)} shipped."
+        return (
+            f"Order ORD-{r.randint(2020, 2030)}{r.randint(1, 12):02d}{r.randint(1, 28):02d}"
+            f"-{r.randint(10000, 99999)} shipped."
+        )
     if k == 4:  # resident-id shaped, wrong check character
         good = _rand_id(r)
         bad = good[:17] + r.choice([c for c in "0123456789X" if c != good[17]])
@@ -269,7 +279,9 @@ def _hard_negative(r: random.Random) -> str:
     return f"Room {r.randint(100, 999)}, call ext. {r.randint(1000, 9999)}."
 
 
-def make_pii_benchmark(docs: Iterable[Doc | str], n: int, seed: int = 0, snippet_chars: int = 300) -> list[tuple[str, list[Span]]]:
+def make_pii_benchmark(
+    docs: Iterable[Doc | str], n: int, seed: int = 0, snippet_chars: int = 300
+) -> list[tuple[str, list[Span]]]:
     """``n`` labelled texts: real text snippets with 1-3 generated PII items and 0-2 hard negatives inserted.
 
     Returns ``[(text, gold_spans)]``; gold spans are exact character offsets of inserted items.

@@ -300,7 +300,7 @@ class QualityClassifier:
         np.savez(Path(path), w=self.w, b=np.array(self.b), cfg=np.array(json.dumps(asdict(self.cfg))))
 
     @classmethod
-    def load(cls, path: str | Path) -> "QualityClassifier":
+    def load(cls, path: str | Path) -> QualityClassifier:
         with np.load(Path(path), allow_pickle=False) as z:
             cfg = json.loads(str(z["cfg"]))
             cfg["ngrams"] = tuple(cfg["ngrams"])

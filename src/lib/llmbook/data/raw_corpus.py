@@ -30,6 +30,7 @@ The classifier and language-ID training sets come from :func:`junk_documents` an
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import random
 from collections import Counter
@@ -132,17 +133,18 @@ def clean_documents(en_docs: int, zh_docs: int, zh_min_chars: int = 300, seed: i
         for d in load_documents(name):
             buf.append(d["text"])
             if sum(map(len, buf)) >= zh_min_chars:
-                zh.append({"id": f"{d['id']}+{len(buf)}", "text": "\n".join(buf), "meta": {"source": name, "lang": "zh"}})
+                meta = {"source": name, "lang": "zh"}
+                zh.append({"id": f"{d['id']}+{len(buf)}", "text": "\n".join(buf), "meta": meta})
                 buf = []
     zh = r.sample(zh, min(zh_docs, len(zh)))
-    return [{"id": d["id"], "text": d["text"], "meta": {"source": d["meta"]["source"], "lang": d["meta"].get("lang", "en")}}
-            for d in en + zh]
+    return [
+        {"id": d["id"], "text": d["text"], "meta": {"source": d["meta"]["source"], "lang": d["meta"].get("lang", "en")}}
+        for d in en + zh
+    ]
 
 
 def code_snippets(n: int, chars: int = 3000, seed: int = 0) -> list[str]:
     """``n`` windows of ``chars`` characters of standard-library Python source (seeded)."""
-    import importlib
-
     r = random.Random(seed)
     sources = [inspect.getsource(importlib.import_module(m)) for m in CODE_MODULES]
     out = []
@@ -175,8 +177,11 @@ def junk_documents(kind: str, n: int, pool: list[Doc], seed: int = 0) -> list[st
     if kind == "spam":
         return ["\n".join([r.choice(_SPAM)] * r.randint(10, 40)) for _ in range(n)]
     if kind == "contact_list":
-        return ["\n".join(" ".join(random_pii_sentence(r, t)[2] for t in ("EMAIL", "PHONE")) for _ in range(r.randint(5, 20)))
-                for _ in range(n)]
+        types = ("EMAIL", "PHONE")  # one line per contact: an email and a phone number
+        return [
+            "\n".join(" ".join(random_pii_sentence(r, t)[2] for t in types) for _ in range(r.randint(5, 20)))
+            for _ in range(n)
+        ]
     if kind == "word_salad":
         out = []
         for lang in ("en", "zh"):
@@ -235,7 +240,8 @@ def make_raw_corpus(cfg: RawCorpusConfig | None = None) -> RawCorpus:
         c = r.randrange(n)
         text = crawl[c]["text"]
         text = text.upper() if r.random() < 0.3 else text.replace("\n", "\n\n").replace(" ", "  ")
-        docs.append({"id": f"{crawl[c]['id']}#copy{k}", "text": text, "meta": {**crawl[c]["meta"], "dirt": "exact_dup", "cluster": c}})
+        meta = {**crawl[c]["meta"], "dirt": "exact_dup", "cluster": c}
+        docs.append({"id": f"{crawl[c]['id']}#copy{k}", "text": text, "meta": meta})
     n_junk = max(1, round(cfg.junk_rate * n)) if cfg.junk_rate > 0 else 0
     cluster = n
     for kind in JUNK_KINDS:
@@ -245,7 +251,8 @@ def make_raw_corpus(cfg: RawCorpusConfig | None = None) -> RawCorpus:
             texts = junk_documents(kind, n_junk, crawl, seed=cfg.seed)
         for j, text in enumerate(texts):
             lang = "zh" if isinstance(text, str) and any("\u4e00" <= ch <= "\u9fff" for ch in text[:200]) else "en"
-            docs.append({"id": f"{kind}-{j}", "text": text, "meta": {"source": "web", "lang": lang, "dirt": kind, "cluster": cluster}})
+            meta = {"source": "web", "lang": lang, "dirt": kind, "cluster": cluster}
+            docs.append({"id": f"{kind}-{j}", "text": text, "meta": meta})
             cluster += 1
     r.shuffle(docs)
     return RawCorpus(docs=docs, reference=reference)

@@ -71,7 +71,7 @@ class ByteNGramLM:
         self.tables: list[_Order] = []
         self.n_bytes = 0
 
-    def fit(self, texts: Sequence[str | bytes]) -> "ByteNGramLM":
+    def fit(self, texts: Sequence[str | bytes]) -> ByteNGramLM:
         """Count every k-gram (k = 1..order) of ``texts``; returns self."""
         data, mask = _bytes(texts, self.order)
         self.n_bytes = int(mask.sum())

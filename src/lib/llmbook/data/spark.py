@@ -12,29 +12,28 @@ and runs it on a Spark cluster (or ``local[N]``), with the *same stage functions
   ``reduceByKey(add)``; the keys seen in >= ``min_docs`` documents (boilerplate: few) are
   broadcast and stripped with :func:`~llmbook.data.dedup.strip_repeated_lines`;
 * MinHash-LSH near dedup (arXiv:2107.06499): signatures per partition with the book's numpy
-  MinHash, ``((band, band bytes), pos)`` for each of the b bands, ``groupByKey`` to candidate
-  pairs, ``distinct``, verified by the signature estimate (two joins on ``pos``) exactly as
-  :func:`~llmbook.data.dedup.near_duplicate_clusters` does. Connected components are computed
-  on the driver with :class:`~llmbook.data.dedup.UnionFind` over the collected *edges*: one
-  pair per duplicate, a few MB for a billion-document crawl with a few % duplicates; beyond
-  that, replace it with rounds of min-label propagation (a join per round).
+  MinHash, ``((band, band bytes), (pos, signature))`` for each of the b bands, ``groupByKey`` to
+  candidate pairs, each verified inside its bucket by the signature estimate exactly as
+  :func:`~llmbook.data.dedup.near_duplicate_clusters` does, then ``distinct``. Connected
+  components are computed on the driver with :class:`~llmbook.data.dedup.UnionFind` over the
+  collected *edges*: one pair per duplicate, a few MB for a billion-document crawl with a few %
+  duplicates; beyond that, replace it with rounds of min-label propagation (a join per round).
 
 Survivors come back in input order, so the output equals ``run_pipeline``'s list exactly.
-Trained filters travel as plain numpy arrays and JSON (:func:`filters_state`, a Spark
-broadcast) and each partition rebuilds its stages with the same factory the in-process
-run uses (:func:`clean_corpus_spark`); stage code itself ships the way PySpark ships all code
-(cloudpickle of the functions). pyspark is imported lazily: ``pip install 'llmbook[spark]'``
-plus a Java 17+ runtime.
+Large shared state (for the book's pipeline, the trained filters as plain arrays) goes in as one
+Spark broadcast via ``shared``, and each partition rebuilds its stages with a stage factory; the
+book's pipeline on Spark is :func:`llmbook.chain.corpus.clean_corpus_spark`. Stage code itself
+ships the way PySpark ships all code (cloudpickle of the functions). pyspark is imported lazily:
+``pip install 'llmbook[spark]'`` plus a Java 17+ runtime.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from operator import add
 from typing import Any
@@ -68,7 +67,9 @@ def require_pyspark() -> Any:
     return pyspark
 
 
-def local_spark(master: str = "local[2]", driver_memory: str = "1g", shuffle_partitions: int = 4, app_name: str = "llmbook") -> Any:
+def local_spark(
+    master: str = "local[2]", driver_memory: str = "1g", shuffle_partitions: int = 4, app_name: str = "llmbook"
+) -> Any:
     """A small local ``SparkSession``: no UI, few shuffle partitions, workers on this Python.
 
     Python workers use ``$PYSPARK_PYTHON``, set here to this interpreter when unset (otherwise
@@ -196,7 +197,8 @@ def _signatures(records: Iterator[tuple[int, Doc]], cfg: NearDedupConfig) -> Ite
     batch = list(records)
     if not batch:
         return iter(())
-    sig = minhash_texts([d["text"] for _, d in batch], cfg.num_perm, cfg.seed, cfg.scheme, cfg.ngram, cfg.unit)  # (N, P)
+    texts = [d["text"] for _, d in batch]
+    sig = minhash_texts(texts, cfg.num_perm, cfg.seed, cfg.scheme, cfg.ngram, cfg.unit)  # (N, P)
     return iter((pos, sig[i]) for i, (pos, _) in enumerate(batch))
 
 
@@ -225,7 +227,8 @@ def near_duplicate_edges(sigs: Any, cfg: NearDedupConfig) -> list[tuple[int, int
     """
     b, r = optimal_bands(cfg.threshold, cfg.num_perm)
     t = cfg.threshold if cfg.verify else None
-    pairs = sigs.flatMap(lambda ps: _band_keys(ps, b, r)).groupByKey().flatMap(lambda kv: _group_pairs(kv, t)).distinct()
+    buckets = sigs.flatMap(lambda ps: _band_keys(ps, b, r)).groupByKey()
+    pairs = buckets.flatMap(lambda kv: _group_pairs(kv, t)).distinct()
     return sorted(pairs.collect())
 
 
@@ -327,7 +330,9 @@ def run_pipeline_spark(
             rep.seconds = time.perf_counter() - t0
             n_bytes = rep.bytes_out
             if rep.kept + rep.dropped != rep.docs_in:
-                raise ValueError(f"corpus stage {stage.name!r}: {rep.kept} kept + {rep.dropped} dropped != {rep.docs_in} in")
+                raise ValueError(
+                    f"corpus stage {stage.name!r}: {rep.kept} kept + {rep.dropped} dropped != {rep.docs_in} in"
+                )
         cached.append(out)
         rdd = out.filter(lambda t: t[0] == _DOC).map(lambda t: (t[1], t[2]))
     kept = [d for _, d in sorted(rdd.collect(), key=lambda pd: pd[0])]
