@@ -14,6 +14,7 @@ alongside for reference.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -23,6 +24,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from llmbook.attention import attend
+from llmbook.model import DecoderLM, ModelConfig, to_hf
 
 B, H, D = 1, 4, 64
 
@@ -36,8 +40,6 @@ def _read_status(key: str) -> int:
 
 def child_memory(impl: str, t: int, backward: bool) -> dict:
     """Runs inside a fresh process: peak extra RSS of one attention call."""
-    from llmbook.attention import attend
-
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, H, t, D, requires_grad=backward) for _ in range(3))
     # warm-up on a tiny problem so lazily-initialised kernels do not count
@@ -78,8 +80,6 @@ def time_call(fn, repeats: int) -> float:
 
 
 def attention_speed(seq_lens: list[int], repeats: int) -> list[dict]:
-    from llmbook.attention import attend
-
     rows = []
     for t in seq_lens:
         torch.manual_seed(0)
@@ -87,7 +87,7 @@ def attention_speed(seq_lens: list[int], repeats: int) -> list[dict]:
         row: dict = {"T": t}
         with torch.no_grad():
             for impl in ("eager", "tiled", "sdpa"):
-                row[f"{impl}_ms"] = 1000 * time_call(lambda: attend(q, k, v, impl=impl), repeats)
+                row[f"{impl}_ms"] = 1000 * time_call(functools.partial(attend, q, k, v, impl=impl), repeats)
         row["eager_over_sdpa"] = row["eager_ms"] / row["sdpa_ms"]
         row["tiled_over_sdpa"] = row["tiled_ms"] / row["sdpa_ms"]
         row["tiled_over_eager"] = row["tiled_ms"] / row["eager_ms"]
@@ -96,8 +96,6 @@ def attention_speed(seq_lens: list[int], repeats: int) -> list[dict]:
 
 
 def training_throughput(quick: bool, compile_model: bool) -> dict:
-    from llmbook.model import DecoderLM, ModelConfig, to_hf
-
     cfg = ModelConfig(vocab_size=8192, d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, d_ff=688, max_seq_len=256)
     batch, seq = 8, 128
     steps, warmup = (4, 1) if quick else (10, 2)
@@ -124,7 +122,8 @@ def training_throughput(quick: bool, compile_model: bool) -> dict:
                    "batch": batch, "seq": seq, "timed_steps_each": steps, "optimizer": "AdamW"},
         "params": ours.num_parameters(),
         "hf_attn_implementation": hf_attn,
-        "method": "steps interleaved round-robin across models (order alternating); fastest step each (min is robust to other load)",
+        "method": "steps interleaved round-robin across models (order alternating); "
+                  "fastest step each (min is robust to other load)",
     }
     runs = {"book_sdpa": make_step(ours), "book_eager_attn": make_step(ours_eager_attn), "hf_llama_sdpa": make_step(hf)}
     for step in runs.values():
@@ -176,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     impls = ["eager", "tiled", "sdpa"]
     results: dict = {
         "load_average_1_5_15_at_start": list(os.getloadavg()),
-        "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()},
+        "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "python": platform.python_version()},
         "attention_shape": {"B": B, "H": H, "D": D, "causal": True, "dtype": "float32"},
         "memory_method": "fresh child process; peak = VmHWM - VmRSS after resetting HWM via /proc/self/clear_refs",
     }

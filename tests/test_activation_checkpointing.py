@@ -13,7 +13,8 @@ import torch
 
 import llmbook.model.llama as llama_module
 from llmbook.attention.core import KVCache
-from llmbook.model import DecoderLM, MoEConfig, ModelConfig, generate_greedy
+from llmbook.decoding import greedy
+from llmbook.model import DecoderLM, ModelConfig, MoEConfig, from_pretrained, save_pretrained
 from llmbook.training.memory import _LiveActivations, activation_bytes, measured_activation_bytes
 
 V, C, H, B, T = 64, 32, 4, 2, 32  # vocab, width, heads, batch, time
@@ -144,18 +145,18 @@ def test_saved_bytes_match_live_storages(flag: bool) -> None:
 def test_flag_round_trips_through_save_pretrained(tmp_path) -> None:
     """HF's LlamaConfig has no field for it: the flag travels in llmbook_config.json, not config.json."""
     model = tiny(2, checkpointing=True)
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     hf_cfg = json.loads((tmp_path / "config.json").read_text())
     assert "activation_checkpointing" not in hf_cfg
     assert json.loads((tmp_path / "llmbook_config.json").read_text())["activation_checkpointing"] is True
-    loaded = DecoderLM.from_pretrained(tmp_path)
+    loaded = from_pretrained(tmp_path)
     assert loaded.cfg.activation_checkpointing is True
-    assert DecoderLM.from_pretrained(tmp_path, activation_checkpointing=False).cfg.activation_checkpointing is False
+    assert from_pretrained(tmp_path, activation_checkpointing=False).cfg.activation_checkpointing is False
     x = tokens()
     diff = (loaded(x).logits - model.eval()(x).logits).abs().max().item()
     assert diff <= 1e-5, f"max_abs_diff of logits after round trip {diff:.3e}"
-    tiny(2, checkpointing=False).save_pretrained(tmp_path / "off")
-    assert DecoderLM.from_pretrained(tmp_path / "off").cfg.activation_checkpointing is False
+    save_pretrained(tiny(2, checkpointing=False), tmp_path / "off")
+    assert from_pretrained(tmp_path / "off").cfg.activation_checkpointing is False
 
 
 def test_eval_no_grad_and_kv_cache_do_not_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,7 +173,7 @@ def test_eval_no_grad_and_kv_cache_do_not_checkpoint(monkeypatch: pytest.MonkeyP
     plain.train()(x, kv_cache=cache_plain)
     ckpt.train()(x, kv_cache=cache_ckpt)
     same_cache = all(torch.equal(a, b) for a, b in zip(cache_plain.keys, cache_ckpt.keys, strict=True))
-    same_generate = torch.equal(generate_greedy(plain, x[:, :8], 8), generate_greedy(ckpt, x[:, :8], 8))
+    same_generate = torch.equal(greedy(plain, x[:, :8], 8), greedy(ckpt, x[:, :8], 8))
     assert calls == [], f"{len(calls)} checkpoint calls in eval / no_grad / KV-cache forwards"
     same = {"no_grad": same_train, "eval": same_eval, "kv_cache": same_cache, "generate": same_generate}
     assert all(same.values()), f"flag changed outputs outside training: {same}"

@@ -135,13 +135,15 @@ def test_tiled_backward_with_padding_and_window():
     got = tiled_attention(q, k, v, causal=True, window=9, key_padding_mask=keep, block_q=8, block_k=8)
     assert mad(got, ref) < 1e-5, f"forward max_abs_diff={mad(got, ref)}"
     grad_out = torch.randn_like(ref)
-    for name, a, b in zip("qkv", torch.autograd.grad(got, (q, k, v), grad_out), torch.autograd.grad(ref, (q, k, v), grad_out)):
+    grads_got, grads_ref = torch.autograd.grad(got, (q, k, v), grad_out), torch.autograd.grad(ref, (q, k, v), grad_out)
+    for name, a, b in zip("qkv", grads_got, grads_ref):
         assert mad(a, b) < 1e-4, f"d{name} max_abs_diff={mad(a, b)}"
 
 
 def test_tiled_gradcheck_float64():
     q, k, v = [x.double().detach().requires_grad_() for x in qkv(b=1, h=2, h_kv=1, t_q=6, t_k=6, d=4)]
-    assert torch.autograd.gradcheck(lambda a, b, c: tiled_attention(a, b, c, causal=True, block_q=4, block_k=4), (q, k, v))
+    tiled = lambda a, b, c: tiled_attention(a, b, c, causal=True, block_q=4, block_k=4)  # noqa: E731
+    assert torch.autograd.gradcheck(tiled, (q, k, v))
 
 
 # ----------------------------------------------------------------- modules and caches
@@ -149,7 +151,8 @@ def test_tiled_gradcheck_float64():
 
 def _gqa(impl="sdpa", window=None, h_kv=2):
     torch.manual_seed(0)
-    return GroupedQueryAttention(AttentionConfig(d_model=32, n_heads=4, n_kv_heads=h_kv, impl=impl, window=window)).eval()
+    cfg = AttentionConfig(d_model=32, n_heads=4, n_kv_heads=h_kv, impl=impl, window=window)
+    return GroupedQueryAttention(cfg).eval()
 
 
 def test_gqa_module_matches_manual_mha_and_impls_agree():
@@ -158,7 +161,8 @@ def test_gqa_module_matches_manual_mha_and_impls_agree():
     q = (x @ mha.q_proj.weight.T).view(2, 11, 4, 8).transpose(1, 2)
     k = (x @ mha.k_proj.weight.T).view(2, 11, 4, 8).transpose(1, 2)
     v = (x @ mha.v_proj.weight.T).view(2, 11, 4, 8).transpose(1, 2)
-    manual = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 11, 32) @ mha.o_proj.weight.T
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
+    manual = y.transpose(1, 2).reshape(2, 11, 32) @ mha.o_proj.weight.T
     assert mad(mha(x), manual) < 1e-5, f"max_abs_diff={mad(mha(x), manual)}"
     ref = _gqa("sdpa")(x)
     for impl in ("eager", "tiled"):

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from llmbook.attention import KVCache, LatentAttentionConfig, MultiHeadLatentAttention
-from llmbook.attention import cost
+from llmbook.attention import KVCache, LatentAttentionConfig, MultiHeadLatentAttention, cost
 from llmbook.model import DecoderLM, ModelConfig
 
 
@@ -25,7 +24,8 @@ def test_formula_matches_real_caches():
     cache = KVCache()
     with torch.no_grad():
         DecoderLM(cfg)(torch.zeros(1, 10, dtype=torch.long), kv_cache=cache)
-    shape = cost.PublishedAttention(name="t", source="test", n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8)
+    shape = cost.PublishedAttention(name="t", source="test", n_layers=3, d_model=32, n_heads=4, n_kv_heads=2,
+                                    head_dim=8)
     assert cache.nbytes() == 10 * cost.kv_cache_bytes_per_token(shape, "fp32")
     mla = MultiHeadLatentAttention(LatentAttentionConfig(d_model=32, n_heads=4, kv_lora_rank=12, qk_nope_head_dim=8,
                                                          qk_rope_head_dim=4, v_head_dim=8))
@@ -60,8 +60,6 @@ def test_tiled_uses_less_memory_than_eager_at_long_t():
         cost.attention_cost("eager", 64, sdpa_backend="flash")
 
 
-def test_peak_tflops_lookup():
-    assert cost.peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0
-    assert cost.peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.0
-    assert cost.peak_bf16_tflops("Some Unknown GPU") is None
+def test_causal_attention_flops_hand_case():
     assert cost.causal_attention_flops(1, 1, 4, 2) == 4 * 16 * 2 / 2
+    assert cost.causal_attention_flops(1, 1, 4, 2, causal=False) == 4 * 16 * 2

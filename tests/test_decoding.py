@@ -19,8 +19,6 @@ from llmbook.decoding import (
 )
 from llmbook.model import DecoderLM, ModelConfig, to_hf
 
-
-
 T0, NEW = 5, 10
 
 
@@ -50,6 +48,32 @@ def test_greedy_matches_generate(models) -> None:
     assert (out[1, T0 + 3 :] == 0).all()
 
 
+def test_greedy_with_and_without_cache_and_eos_padding(models) -> None:
+    ours, _ = models
+    x = torch.randint(3, 97, (4, T0), generator=torch.Generator().manual_seed(2))
+    cached = greedy(ours, x, NEW)
+    assert torch.equal(cached, greedy(ours, x, NEW, use_cache=False))  # the cache changes the cost, not the tokens
+    eos = int(cached[0, T0 + 1])
+    out = greedy(ours, x, NEW, eos_token_id=eos)  # no pad_token_id: finished rows keep emitting EOS
+    assert (out[0, T0 + 1 :] == eos).all()
+    assert torch.equal(out, greedy(ours, x, NEW, eos_token_id=eos, use_cache=False))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        greedy(ours, x, 0)
+
+
+def test_decoders_run_in_eval_mode_and_restore_the_mode() -> None:
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig(vocab_size=97, d_model=64, n_layers=2, n_heads=4, init_std=0.2, dropout=0.5))
+    x = torch.randint(3, 97, (2, T0), generator=torch.Generator().manual_seed(3))
+    reference = {"greedy": greedy(model.eval(), x, NEW), "beam": beam_search(model, x, NEW, num_beams=2)}
+    model.train()  # dropout 0.5 would change the tokens if decoding ran in training mode
+    for name, out in (("greedy", greedy(model, x, NEW)), ("beam", beam_search(model, x, NEW, num_beams=2))):
+        assert torch.equal(out, reference[name]), name
+        assert model.training, f"{name} left the model in eval mode"
+    sample(model, x, 3, generator=torch.Generator().manual_seed(0))
+    assert model.training
+
+
 @pytest.mark.parametrize("early_stopping", [False, True, "never"])
 def test_beam_matches_generate(models, early_stopping) -> None:
     ours, hf = models
@@ -57,11 +81,13 @@ def test_beam_matches_generate(models, early_stopping) -> None:
     for seed in range(3 if early_stopping is False else 2):  # HF's default gets the most prompts
         x = torch.randint(3, 97, (3, T0), generator=torch.Generator().manual_seed(seed))
         out = beam_search(ours, x, NEW, num_beams=3, early_stopping=early_stopping)
-        ref = hf_generate(hf, x, num_beams=3, length_penalty=1.0, early_stopping=early_stopping, eos_token_id=None, pad_token_id=0)
+        ref = hf_generate(hf, x, num_beams=3, length_penalty=1.0, early_stopping=early_stopping, eos_token_id=None,
+                          pad_token_id=0)
         assert_same(out, ref, f"beam seed={seed}")
         eos_choices = greedy(ours, x, 3)[:, T0 + 1].tolist()  # EOS tokens that do come up early
         for eos in eos_choices:
-            out = beam_search(ours, x, NEW, num_beams=3, eos_token_id=eos, pad_token_id=1, early_stopping=early_stopping)
+            out = beam_search(ours, x, NEW, num_beams=3, eos_token_id=eos, pad_token_id=1,
+                              early_stopping=early_stopping)
             ref = hf_generate(hf, x, num_beams=3, early_stopping=early_stopping, eos_token_id=eos, pad_token_id=1)
             assert_same(out, ref, f"beam seed={seed} eos={eos}")
             stopped_early += int(out.shape[1] < T0 + NEW) + int((out == 1).any())

@@ -89,7 +89,8 @@ def test_alibi_matches_bloom(n_heads):
 
 def test_rope_half_matches_transformers():
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, num_attention_heads=4, rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+    rope = {"rope_type": "default", "rope_theta": 500.0}
+    cfg = LlamaConfig(hidden_size=64, num_attention_heads=4, rope_parameters=rope)
     hf_rope = LlamaRotaryEmbedding(cfg)
     q, k = torch.randn(2, 4, 9, 16), torch.randn(2, 4, 9, 16)
     pos = torch.arange(9)
@@ -154,7 +155,10 @@ HEAD_DIM = 64
 
 def _hf(rope_parameters: dict, max_pos: int = 4096, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
     cfg = LlamaConfig(
-        hidden_size=HEAD_DIM * 4, num_attention_heads=4, max_position_embeddings=max_pos, rope_parameters=rope_parameters
+        hidden_size=HEAD_DIM * 4,
+        num_attention_heads=4,
+        max_position_embeddings=max_pos,
+        rope_parameters=rope_parameters,
     )
     kind = rope_parameters["rope_type"]
     if kind == "default":
@@ -164,7 +168,10 @@ def _hf(rope_parameters: dict, max_pos: int = 4096, seq_len: int | None = None) 
 
 CASES = [
     (RopeConfig(theta=10000.0), {"rope_type": "default", "rope_theta": 10000.0}),
-    (RopeConfig(theta=10000.0, scaling="linear", factor=4.0), {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}),
+    (
+        RopeConfig(theta=10000.0, scaling="linear", factor=4.0),
+        {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+    ),
     (
         RopeConfig(theta=500000.0, scaling="llama3", factor=8.0, original_max_position_embeddings=512,
                    low_freq_factor=1.0, high_freq_factor=4.0),

@@ -10,9 +10,15 @@ import pytest
 import torch
 
 from llmbook.model import DecoderLM, ModelConfig
-from llmbook.training import LoaderConfig, PackedLoader, ScheduleConfig, Trainer, TrainConfig, load_checkpoint, save_checkpoint
-
-
+from llmbook.training import (
+    LoaderConfig,
+    PackedLoader,
+    ScheduleConfig,
+    TrainConfig,
+    Trainer,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 TOTAL, STOP = 20, 8
 
@@ -44,7 +50,8 @@ def test_resume_is_bit_identical(tmp_path, tie: bool) -> None:
     resumed.load(tmp_path / "ckpt")
     assert resumed.step == STOP
     resumed_losses = [r["loss"] for r in resumed.run(TOTAL)]
-    assert resumed_losses == full_losses[STOP:], f"max_abs_diff={max(abs(a - b) for a, b in zip(resumed_losses, full_losses[STOP:]))}"
+    diff = max(abs(a - b) for a, b in zip(resumed_losses, full_losses[STOP:]))
+    assert resumed_losses == full_losses[STOP:], f"max_abs_diff={diff}"
     for p, q in zip(full.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
     assert full_losses[-1] < full_losses[0]  # it trained
@@ -73,14 +80,17 @@ def test_checkpoint_files_have_no_pickle(tmp_path) -> None:
     np.random.seed(7)
     random.seed(7)
     path = save_checkpoint(tmp_path / "c", model=t.model, optimizer=t.optimizer, step=2, loader=t.loader)
-    assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"]
+    files = ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"]
+    assert sorted(p.name for p in path.iterdir()) == files
     meta = json.loads((path / "trainer_state.json").read_text())
     assert meta["step"] == 2 and meta["loader"]["cursor"] == 8
     np.random.rand(), random.random()
     load_checkpoint(path, model=t.model, optimizer=t.optimizer)
     assert np.random.rand() == state_np and random.random() == state_py
     # the optimizer state also loads into torch's own AdamW
-    ref_groups = [{"params": g["params"], **{k: v for k, v in g.items() if k != "params"}} for g in t.optimizer.param_groups]
+    ref_groups = [
+        {"params": g["params"], **{k: v for k, v in g.items() if k != "params"}} for g in t.optimizer.param_groups
+    ]
     ref = torch.optim.AdamW(ref_groups)
     load_checkpoint(path, model=t.model, optimizer=ref)
     assert torch.equal(ref.state_dict()["state"][0]["exp_avg"], t.optimizer.state_dict()["state"][0]["exp_avg"])

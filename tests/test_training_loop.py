@@ -1,4 +1,4 @@
-"""Gradient accumulation, loss scaling, packed loader, evaluation in bits per byte."""
+"""Gradient accumulation, loss scaling, packed loader and window samplers, evaluation, the ablation trainer."""
 
 from __future__ import annotations
 
@@ -10,18 +10,23 @@ import torch
 
 from llmbook.model import DecoderLM, ModelConfig
 from llmbook.training import (
+    AdamW,
     DynamicLossScaler,
     LoaderConfig,
     PackedLoader,
     accumulate_gradients,
     bits_per_byte,
+    disjoint_windows,
     document_mask,
     document_positions,
     eval_windows,
     evaluate,
     pack_documents,
+    param_groups,
+    random_windows,
+    train_on_batches,
+    train_step,
 )
-
 
 
 def tiny_model(seed: int = 0) -> DecoderLM:
@@ -123,7 +128,8 @@ def test_loader_deterministic_and_resumable() -> None:
     c.load_state_dict(state)
     seq_c = [next(c)["input_ids"] for _ in range(23)]
     assert all(torch.equal(p, q) for p, q in zip(seq_a[17:], seq_c))
-    assert not torch.equal(seq_a[0], next(iter(PackedLoader(tokens, LoaderConfig(seq_len=16, batch_size=4, seed=4))))["input_ids"])
+    other_seed = next(iter(PackedLoader(tokens, LoaderConfig(seq_len=16, batch_size=4, seed=4))))
+    assert not torch.equal(seq_a[0], other_seed["input_ids"])
     # within an epoch every window appears once
     starts = {int(row[0]) for batch in seq_a[:15] for row in batch}
     assert len([r for batch in seq_a[:15] for r in batch]) == 60 and len(starts) > 1
@@ -156,11 +162,68 @@ def test_bits_per_byte_and_evaluate() -> None:
     assert math.isclose(res.bpb, res.loss * 299 / (600 * math.log(2)))
 
 
+def test_disjoint_windows_evaluate_equals_hand_computation() -> None:
+    """Each window scored from its own start; the mean is over every scored token (the number chapter 2 quotes)."""
+    model = tiny_model().train()
+    tokens = torch.randint(0, 50, (70,), generator=torch.Generator().manual_seed(3))
+    batches = list(disjoint_windows(tokens, 16, 3, max_windows=4))  # windows [0,16) .. [48,64); 64..69 dropped
+    assert [b["input_ids"].shape for b in batches] == [(3, 16), (1, 16)]
+    assert torch.equal(torch.cat([b["input_ids"] for b in batches]), tokens[:64].view(4, 16))
+    res = evaluate(model, iter(batches))
+    assert model.training  # evaluate ran in eval mode and gave the mode back
+    with torch.no_grad():
+        x = tokens[:64].view(4, 16)  # (B, T)
+        logp = model.eval()(x).logits.log_softmax(-1)  # (B, T, V)
+        nll = -logp[:, :-1].gather(-1, x[:, 1:, None]).squeeze(-1)  # (B, T-1): token t+1 from the window's prefix
+    assert res.n_tokens == 4 * 15
+    assert abs(res.loss - nll.mean().item()) < 1e-6, f"evaluate {res.loss} vs hand {nll.mean().item()}"
+    # the batch size only changes the summation order: the same number to float rounding
+    all_at_once = evaluate(model, disjoint_windows(tokens.numpy(), 16, 8, max_windows=4)).loss
+    assert abs(all_at_once - res.loss) < 1e-6
+    assert evaluate(model, disjoint_windows(tokens, 16)).n_tokens == 4 * 15  # 70 // 16 = 4 windows
+    with pytest.raises(ValueError, match="shorter than one window"):
+        disjoint_windows(tokens[:10], 16)
+    with pytest.raises(ValueError, match="1-D"):
+        disjoint_windows(tokens.view(7, 10), 4)
+
+
+def test_evaluate_restores_mode_when_the_model_raises() -> None:
+    model = tiny_model().train()
+    bad = {"input_ids": torch.full((1, 4), 99), "labels": torch.full((1, 4), 99)}  # token ids past the vocabulary
+    with pytest.raises(IndexError):
+        evaluate(model, [bad])
+    assert model.training
+
+
+def test_random_windows_are_contiguous_and_seeded() -> None:
+    batch = next(random_windows(torch.arange(100), batch_size=3, seq_len=10, seed=1))
+    assert batch.shape == (3, 10) and bool(((batch[:, 1:] - batch[:, :-1]) == 1).all())  # contiguous windows
+    again = next(random_windows(np.arange(100), batch_size=3, seq_len=10, seed=1))
+    other = next(random_windows(torch.arange(100), batch_size=3, seq_len=10, seed=2))
+    assert torch.equal(batch, again) and not torch.equal(batch, other)
+    with pytest.raises(ValueError, match="seq_len"):
+        next(random_windows(torch.arange(5), batch_size=1, seq_len=10))
+
+
+def test_train_on_batches_learns_and_guards() -> None:
+    # A repeating sequence is learnable in a few dozen steps: loss must drop well below log(V).
+    tokens = torch.arange(16).repeat(64)
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig(vocab_size=128, d_model=32, n_layers=1, n_heads=2, max_seq_len=32))
+    losses = train_on_batches(model, random_windows(tokens, batch_size=8, seq_len=16, seed=0), steps=40, lr=1e-2)
+    assert len(losses) == 40 and losses[-1] < 0.5 * losses[0], f"first {losses[0]:.3f} last {losses[-1]:.3f}"
+    assert not model.training  # documented: left in eval mode
+    assert evaluate(model, disjoint_windows(tokens, 16, max_windows=4)).loss < 0.5 * math.log(128)
+    with pytest.raises(ValueError, match="steps"):
+        train_on_batches(model, iter([]), steps=0, lr=1e-3)
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        batches = random_windows(torch.arange(100), batch_size=2, seq_len=8)
+        train_on_batches(model, batches, steps=5, lr=1e9, grad_clip=0)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_step_tracks_fp32(precision: str) -> None:
     """Autocast paths run (CPU autocast here; bf16 on GPU in practice) and stay close to the fp32 step."""
-    from llmbook.training import AdamW, param_groups, train_step
-
     x = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
     losses = {}
     for prec in ("fp32", precision):
@@ -175,8 +238,6 @@ def test_mixed_precision_step_tracks_fp32(precision: str) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bf16_training_on_gpu() -> None:
-    from llmbook.training import AdamW, param_groups, train_step
-
     model = tiny_model().cuda()
     opt = AdamW(param_groups(model, 0.1), lr=3e-3)
     x = torch.randint(0, 50, (4, 32), generator=torch.Generator().manual_seed(0))

@@ -9,8 +9,16 @@ import torch
 from torch import nn
 
 from llmbook.model import DecoderLM, ModelConfig
-from llmbook.training import AdamW, ScheduleConfig, clip_grad_norm, cosine_with_warmup, lr_multiplier, param_groups, wsd, wsd_phases
-
+from llmbook.training import (
+    AdamW,
+    ScheduleConfig,
+    clip_grad_norm,
+    cosine_with_warmup,
+    lr_multiplier,
+    param_groups,
+    wsd,
+    wsd_phases,
+)
 
 
 def tiny_model(seed: int = 0) -> DecoderLM:
@@ -118,7 +126,8 @@ def test_wsd_hand_values_and_transformers() -> None:
 
     p = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
-    sched = get_wsd_schedule(opt, num_warmup_steps=10, num_stable_steps=80, num_decay_steps=10, decay_type="linear", min_lr_ratio=0.1)
+    sched = get_wsd_schedule(opt, num_warmup_steps=10, num_stable_steps=80, num_decay_steps=10, decay_type="linear",
+                             min_lr_ratio=0.1)
     for step in range(100):
         ours = wsd(step, warmup_steps=10, stable_steps=80, decay_steps=10, min_lr_ratio=0.1)
         if step >= 10:  # transformers also lifts warmup to min_lr_ratio; ours warms up from 0

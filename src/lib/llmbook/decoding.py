@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmbook.attention.core import KVCache
-
+from llmbook.model.modes import eval_mode
 
 # --------------------------------------------------------------------------- logit filters
 
@@ -114,7 +114,7 @@ def process_logits(logits: torch.Tensor, context: torch.Tensor, cfg: SamplingCon
 # --------------------------------------------------------------------------- decoding loops
 
 
-def _next_logits(model: nn.Module, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+def _next_logits(model: nn.Module, ids: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
     return model(ids, kv_cache=cache).logits[:, -1].float()  # (B, V)
 
 
@@ -136,34 +136,35 @@ def sample(
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
+    use_cache: bool = True,
 ) -> torch.Tensor:
-    """Autoregressive decoding with a KV cache; ``do_sample=False`` is greedy (argmax of the processed logits).
+    """Autoregressive decoding; ``do_sample=False`` is greedy (argmax of the processed logits).
 
     Rows that produced ``eos_token_id`` are padded with ``pad_token_id`` (default: EOS) and the loop
-    stops when all rows are done, as in ``transformers``. Returns ``(B, T + n)``.
+    stops when all rows are done, as in ``transformers``. With ``use_cache`` the prompt is prefilled
+    once and each step feeds one token against the KV cache; without it every step re-runs the whole
+    sequence (same tokens, quadratic cost). Returns ``(B, T + n)``.
     """
     _check(input_ids, max_new_tokens)
     cfg = cfg or SamplingConfig()
     pad = pad_token_id if pad_token_id is not None else eos_token_id
-    was_training = model.training
-    model.eval()
-    cache = KVCache()
+    cache = KVCache() if use_cache else None
     out, step_ids = input_ids, input_ids
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    for _ in range(max_new_tokens):
-        logits = process_logits(_next_logits(model, step_ids, cache), out, cfg)  # (B, V)
-        if do_sample:
-            nxt = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
-        else:
-            nxt = logits.argmax(dim=-1)
-        if eos_token_id is not None:
-            nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
-            unfinished = unfinished & (nxt != eos_token_id)
-        out = torch.cat((out, nxt[:, None]), dim=1)
-        step_ids = nxt[:, None]
-        if not bool(unfinished.any()):
-            break
-    model.train(was_training)
+    with eval_mode(model):
+        for _ in range(max_new_tokens):
+            logits = process_logits(_next_logits(model, step_ids if use_cache else out, cache), out, cfg)  # (B, V)
+            if do_sample:
+                nxt = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+            else:
+                nxt = logits.argmax(dim=-1)
+            if eos_token_id is not None:
+                nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
+                unfinished = unfinished & (nxt != eos_token_id)
+            out = torch.cat((out, nxt[:, None]), dim=1)
+            step_ids = nxt[:, None]
+            if not bool(unfinished.any()):
+                break
     return out
 
 
@@ -174,10 +175,21 @@ def greedy(
     *,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
+    use_cache: bool = True,
 ) -> torch.Tensor:
-    """Argmax decoding; equals ``generate(do_sample=False, num_beams=1)``."""
+    """Argmax decoding; equals ``generate(do_sample=False, num_beams=1)``.
+
+    Rows that emitted ``eos_token_id`` continue with ``pad_token_id`` (default: EOS itself); decoding
+    stops once every row is done.
+    """
     return sample(
-        model, input_ids, max_new_tokens, do_sample=False, eos_token_id=eos_token_id, pad_token_id=pad_token_id
+        model,
+        input_ids,
+        max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        use_cache=use_cache,
     )
 
 
@@ -210,8 +222,6 @@ def beam_search(
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    was_training = model.training
-    model.eval()
     dev = input_ids.device
     b, t0 = input_ids.shape
     k, max_len = num_beams, input_ids.shape[1] + max_new_tokens
@@ -231,58 +241,59 @@ def beam_search(
     running_src = torch.full((b, k, max_new_tokens), -1, dtype=torch.long, device=dev)  # beam ancestry
     finished_src = running_src.clone()
 
-    cache = KVCache()
-    logits = _next_logits(model, input_ids.repeat_interleave(k, dim=0), cache)  # (B*K, V)
-    cur = t0
-    while True:
-        v = logits.shape[-1]
-        logp = F.log_softmax(logits, dim=-1).view(b, k, v) + running_scores[:, :, None]
-        logp = logp.reshape(b, k * v)  # (B, K*V)
-        cand_scores, cand_idx = torch.topk(logp, k2)  # (B, 2K)
-        src = cand_idx // v  # which beam each candidate extends
-        cand = _gather(running, src)  # (B, 2K, T_max)
-        cand[:, :, cur] = cand_idx % v
-        cand_src = _gather(running_src, src)
-        cand_src[:, :, cur - t0] = src + torch.arange(b, device=dev)[:, None] * k  # flat row in the cache
-        hits = torch.full_like(src, cur + 1 >= max_len, dtype=torch.bool)
-        if eos_token_id is not None:
-            hits = hits | (cand[:, :, cur] == eos_token_id)
+    with eval_mode(model):
+        cache = KVCache()
+        logits = _next_logits(model, input_ids.repeat_interleave(k, dim=0), cache)  # (B*K, V)
+        cur = t0
+        while True:
+            v = logits.shape[-1]
+            logp = F.log_softmax(logits, dim=-1).view(b, k, v) + running_scores[:, :, None]
+            logp = logp.reshape(b, k * v)  # (B, K*V)
+            cand_scores, cand_idx = torch.topk(logp, k2)  # (B, 2K)
+            src = cand_idx // v  # which beam each candidate extends
+            cand = _gather(running, src)  # (B, 2K, T_max)
+            cand[:, :, cur] = cand_idx % v
+            cand_src = _gather(running_src, src)
+            cand_src[:, :, cur - t0] = src + torch.arange(b, device=dev)[:, None] * k  # flat row in the cache
+            hits = torch.full_like(src, cur + 1 >= max_len, dtype=torch.bool)
+            if eos_token_id is not None:
+                hits = hits | (cand[:, :, cur] == eos_token_id)
 
-        # the K best candidates that did not stop keep running
-        alive_scores = cand_scores + hits.to(torch.float32) * -1.0e9
-        keep = torch.topk(alive_scores, k).indices
-        running, running_scores, running_src = _gather(cand, keep), _gather(alive_scores, keep), _gather(cand_src, keep)
+            # the K best candidates that did not stop keep running
+            alive_scores = cand_scores + hits.to(torch.float32) * -1.0e9
+            keep = torch.topk(alive_scores, k).indices
+            running, running_scores = _gather(cand, keep), _gather(alive_scores, keep)
+            running_src = _gather(cand_src, keep)
 
-        # candidates that stopped (among the top K) compete, length-normalised, for the finished set
-        just_finished = hits & top_k_mask[None, :]
-        fin = cand_scores / ((cur + 1 - t0) ** length_penalty)
-        full_batch = torch.all(is_finished, dim=-1, keepdim=True) & (early_stopping is True)
-        fin = fin + full_batch.to(torch.float32) * -1.0e9
-        fin = fin + (~improvable).to(torch.float32) * -1.0e9
-        fin = fin + (~just_finished) * -1.0e9
-        merged_scores = torch.cat((finished_scores, fin), dim=1)
-        best = torch.topk(merged_scores, k).indices
-        finished = _gather(torch.cat((finished, cand), dim=1), best)
-        finished_scores = _gather(merged_scores, best)
-        finished_src = _gather(torch.cat((finished_src, cand_src), dim=1), best)
-        is_finished = _gather(torch.cat((is_finished, just_finished), dim=1), best)
+            # candidates that stopped (among the top K) compete, length-normalised, for the finished set
+            just_finished = hits & top_k_mask[None, :]
+            fin = cand_scores / ((cur + 1 - t0) ** length_penalty)
+            full_batch = torch.all(is_finished, dim=-1, keepdim=True) & (early_stopping is True)
+            fin = fin + full_batch.to(torch.float32) * -1.0e9
+            fin = fin + (~improvable).to(torch.float32) * -1.0e9
+            fin = fin + (~just_finished) * -1.0e9
+            merged_scores = torch.cat((finished_scores, fin), dim=1)
+            best = torch.topk(merged_scores, k).indices
+            finished = _gather(torch.cat((finished, cand), dim=1), best)
+            finished_scores = _gather(merged_scores, best)
+            finished_src = _gather(torch.cat((finished_src, cand_src), dim=1), best)
+            is_finished = _gather(torch.cat((is_finished, just_finished), dim=1), best)
 
-        rows = running_src[:, :, cur - t0].reshape(-1)  # (B*K,) cache rows the surviving beams came from
-        cache.keys = [x.index_select(0, rows) for x in cache.keys]
-        cache.values = [x.index_select(0, rows) for x in cache.values]
-        cur += 1
+            rows = running_src[:, :, cur - t0].reshape(-1)  # (B*K,) cache rows the surviving beams came from
+            cache.keys = [x.index_select(0, rows) for x in cache.keys]
+            cache.values = [x.index_select(0, rows) for x in cache.values]
+            cur += 1
 
-        # can a running beam still beat the worst finished hypothesis?
-        length = (max_len if early_stopping == "never" and length_penalty > 0.0 else cur) - t0
-        best_running = running_scores[:, :1] / (length**length_penalty)
-        worst_finished = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True).values, -1.0e9)
-        improvable = improvable & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
-        go_on = bool(improvable.any()) and not (bool(is_finished.all()) and early_stopping is True)
-        if not go_on or bool(hits.all()):
-            break
-        logits = _next_logits(model, running[:, :, cur - 1].reshape(b * k, 1), cache)
+            # can a running beam still beat the worst finished hypothesis?
+            length = (max_len if early_stopping == "never" and length_penalty > 0.0 else cur) - t0
+            best_running = running_scores[:, :1] / (length**length_penalty)
+            worst_finished = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True).values, -1.0e9)
+            improvable = improvable & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
+            go_on = bool(improvable.any()) and not (bool(is_finished.all()) and early_stopping is True)
+            if not go_on or bool(hits.all()):
+                break
+            logits = _next_logits(model, running[:, :, cur - 1].reshape(b * k, 1), cache)
 
-    model.train(was_training)
     best_seq, best_src = finished[:, 0], finished_src[:, 0]  # (B, T_max), (B, n)
     n_gen = int((best_src >= 0).sum(dim=1).max())
     return best_seq[:, : t0 + n_gen]

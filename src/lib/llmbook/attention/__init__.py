@@ -15,9 +15,9 @@ from llmbook.attention.core import (
     eager_attention,
     mask_to_bias,
     padding_mask,
-    repeat_kv,
     sdpa_attention,
 )
+from llmbook.attention.heads import check_heads, repeat_kv
 from llmbook.attention.latent import LatentAttentionConfig, MultiHeadLatentAttention
 from llmbook.attention.tiled import TiledAttentionFunction, tiled_attention
 
@@ -32,6 +32,7 @@ __all__ = [
     "TiledAttentionFunction",
     "attend",
     "causal_mask",
+    "check_heads",
     "combine_masks",
     "eager_attention",
     "mask_to_bias",

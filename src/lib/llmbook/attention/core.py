@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmbook.attention.heads import check_heads, repeat_kv
+from llmbook.attention.tiled import tiled_attention
 from llmbook.positional import RopeLayout, apply_rope
 
 AttnImpl = Literal["eager", "tiled", "sdpa"]
@@ -64,15 +66,6 @@ def mask_to_bias(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """Share each of the ``Hkv`` key/value heads with ``n_rep`` query heads (GQA, arXiv:2305.13245)."""
-    if n_rep == 1:
-        return x
-    b, h_kv, t, d = x.shape
-    x = x[:, :, None].expand(b, h_kv, n_rep, t, d)  # (B, Hkv, n_rep, T, D)
-    return x.reshape(b, h_kv * n_rep, t, d)  # (B, H, T, D)
-
-
 def _guard_empty_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Open fully-masked rows (to avoid NaN) and return the per-row 'has a key' flag to zero them."""
     has_key = mask.any(dim=-1, keepdim=True)  # (..., Tq, 1)
@@ -99,7 +92,7 @@ def eager_attention(
     ``scale`` defaults to ``1/sqrt(D)``. Materialises the ``(Tq, Tk)`` score matrix: the readable
     reference the fast paths are tested against.
     """
-    n_rep = _check_heads(q, k, v)
+    n_rep = check_heads(q, k, v)
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, Tk, D)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
@@ -134,7 +127,7 @@ def sdpa_attention(
     Same arguments and result as :func:`eager_attention`; ``is_causal`` lets SDPA skip building the
     mask (only valid for ``Tq == Tk`` with no other mask).
     """
-    n_rep = _check_heads(q, k, v)
+    n_rep = check_heads(q, k, v)
     has_key = None
     attn_mask: torch.Tensor | None = None
     if mask is not None:
@@ -172,8 +165,6 @@ def attend(
         raise ValueError(f"impl must be one of {ATTN_IMPLS}, got {impl!r}")
     t_q, t_k = q.shape[-2], k.shape[-2]
     if impl == "tiled":
-        from llmbook.attention.tiled import tiled_attention
-
         if bias is not None:
             raise ValueError("impl='tiled' does not support a dense bias; use impl='eager' or 'sdpa'")
         if dropout_p > 0.0:
@@ -190,14 +181,6 @@ def attend(
     mask = combine_masks(structural, pad)
     fn = eager_attention if impl == "eager" else sdpa_attention
     return fn(q, k, v, mask=mask, bias=bias, scale=scale, dropout_p=dropout_p)  # type: ignore[return-value]
-
-
-def _check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if k.shape[1] != v.shape[1] or q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
-    return q.shape[1] // k.shape[1]
 
 
 # --------------------------------------------------------------------------- KV cache

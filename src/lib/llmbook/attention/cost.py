@@ -9,7 +9,8 @@ Attention FLOPs of one causal forward (two matmuls, ``Q K^T`` and ``P V``, half 
 ``2 * 2 * B * H * T^2 * D / 2``. Peak memory is measured as the high-water mark of tensor storage
 allocated during a call (CPU: every storage created through the dispatcher is tracked until freed;
 CUDA: ``torch.cuda.max_memory_allocated``). Memory hidden inside one fused kernel's scratch is not a
-tensor and is not counted on CPU; on CUDA the caching allocator sees it.
+tensor and is not counted on CPU; on CUDA the caching allocator sees it. The datasheet peak to set
+achieved TFLOP/s against is :func:`llmbook.hardware.peak_flops`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from llmbook.attention.core import attend
 
 BYTES_PER_DTYPE = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
@@ -113,19 +118,6 @@ def causal_attention_flops(batch: int, heads: int, t: int, head_dim: int, *, cau
     """Multiply-adds x 2 of ``Q K^T`` and ``P V`` for one forward (half of them when causal)."""
     flops = 4.0 * batch * heads * t * t * head_dim
     return flops / 2 if causal else flops
-
-
-# Dense bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, without sparsity).
-PEAK_BF16_TFLOPS = {"H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0,
-                    "L40S": 362.0, "A10": 125.0, "L4": 121.0, "RTX 4090": 165.0, "V100": 125.0}
-
-
-def peak_bf16_tflops(device_name: str) -> float | None:
-    """The datasheet bf16 peak of a CUDA device by its name (None when not in the table)."""
-    for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):  # "H100 PCIe" before "H100"
-        if key.replace(" ", "").lower() in device_name.replace(" ", "").lower():
-            return PEAK_BF16_TFLOPS[key]
-    return None
 
 
 class _StorageTracker(TorchDispatchMode):
@@ -223,16 +215,10 @@ def attention_cost(
     "cudnn") pins SDPA's kernel with ``torch.nn.attention.sdpa_kernel``. With ``backward`` the call is
     forward + backward (FLOPs x 3.5: the backward recomputes ``P`` and does four matmuls).
     """
-    from contextlib import nullcontext
-
-    from llmbook.attention.core import attend
-
     if sdpa_backend is not None and impl != "sdpa":
         raise ValueError(f"sdpa_backend is only valid with impl='sdpa', got impl={impl!r}")
     make_ctx: Callable[[], Any] = nullcontext
     if sdpa_backend is not None:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
                     "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}
         if sdpa_backend not in backends:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from llmbook.attention.core import _check_heads, repeat_kv
+from llmbook.attention.heads import check_heads, repeat_kv
 
 
 def _block_mask(
@@ -83,7 +83,7 @@ class TiledAttentionFunction(torch.autograd.Function):
             q1 = min(q0 + block_q, t_q)
             qb = q[:, :, q0:q1].to(f)  # (B, H, bq, D)
             m = torch.full((b, h, q1 - q0), float("-inf"), device=q.device, dtype=f)
-            l = torch.zeros(b, h, q1 - q0, device=q.device, dtype=f)
+            l_sum = torch.zeros(b, h, q1 - q0, device=q.device, dtype=f)  # the normaliser l
             acc = torch.zeros(b, h, q1 - q0, d_v, device=q.device, dtype=f)
             for k0 in range(0, t_k, block_k):
                 k1 = min(k0 + block_k, t_k)
@@ -99,12 +99,12 @@ class TiledAttentionFunction(torch.autograd.Function):
                 m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # rows with no key yet
                 p = torch.exp(s - m_safe[..., None])  # (B, H, bq, bk)
                 alpha = torch.exp(m - m_safe)  # rescales the old statistics; 0 when m was -inf
-                l = alpha * l + p.sum(dim=-1)
+                l_sum = alpha * l_sum + p.sum(dim=-1)
                 acc = alpha[..., None] * acc + p @ vb
                 m = m_new
-            empty = l == 0  # rows whose every key was masked: output 0, L = +inf so P = 0 in backward
-            out[:, :, q0:q1] = (acc / torch.where(empty, 1.0, l)[..., None]).to(q.dtype)
-            lse[:, :, q0:q1] = torch.where(empty, float("inf"), m + torch.log(torch.where(empty, 1.0, l)))
+            empty = l_sum == 0  # rows whose every key was masked: output 0, L = +inf so P = 0 in backward
+            out[:, :, q0:q1] = (acc / torch.where(empty, 1.0, l_sum)[..., None]).to(q.dtype)
+            lse[:, :, q0:q1] = torch.where(empty, float("inf"), m + torch.log(torch.where(empty, 1.0, l_sum)))
         ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
         ctx.cfg = (causal, window, scale, block_q, block_k)
         return out
@@ -166,7 +166,7 @@ def tiled_attention(
     token; causal alignment bottom-right (query i at position ``Tk - Tq + i``). Differentiable via
     :class:`TiledAttentionFunction`. Accumulates in fp32.
     """
-    _check_heads(q, k, v)
+    check_heads(q, k, v)
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block_q and block_k must be >= 1, got {block_q}, {block_k}")
     if window is not None and not causal:

@@ -11,7 +11,8 @@ from llmbook.model.convert import (
     to_hf_state_dict,
 )
 from llmbook.model.layers import FeedForward, RMSNorm, rms_norm
-from llmbook.model.llama import DecoderBlock, DecoderLM, ModelConfig, ModelOutput, causal_lm_loss, generate_greedy
+from llmbook.model.llama import DecoderBlock, DecoderLM, ModelConfig, ModelOutput, causal_lm_loss
+from llmbook.model.modes import eval_mode
 from llmbook.model.moe import MoEConfig, MoEFeedForward, load_balancing_loss, route
 
 __all__ = [
@@ -24,10 +25,10 @@ __all__ = [
     "ModelOutput",
     "RMSNorm",
     "causal_lm_loss",
+    "eval_mode",
     "from_hf",
     "from_hf_config",
     "from_pretrained",
-    "generate_greedy",
     "key_map",
     "load_balancing_loss",
     "rms_norm",

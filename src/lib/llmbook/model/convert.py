@@ -9,6 +9,7 @@ permuting the rows of its q/k projections into HF's half layout
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,8 +210,6 @@ def save_pretrained(model: DecoderLM, path: str | Path) -> Path:
     The book's own config is stored too (``llmbook_config.json``) so :func:`from_pretrained`
     restores non-HF fields such as the attention implementation, dropout or activation checkpointing.
     """
-    import json
-
     path = Path(path)
     hf = to_hf(model)
     hf.save_pretrained(path, safe_serialization=True)
@@ -219,15 +218,16 @@ def save_pretrained(model: DecoderLM, path: str | Path) -> Path:
 
 
 def from_pretrained(path: str | Path, **overrides: Any) -> DecoderLM:
-    """Load a HF Llama checkpoint directory (safetensors) into a :class:`DecoderLM`."""
+    """Load a HF Llama checkpoint directory (safetensors) into a :class:`DecoderLM`.
+
+    ``overrides`` replace config fields (e.g. ``attn_impl="eager"``, ``activation_checkpointing=False``).
+    """
     from transformers import LlamaForCausalLM
 
     hf = LlamaForCausalLM.from_pretrained(Path(path), dtype=torch.float32)
     extra: dict[str, Any] = {}
     book_cfg = Path(path) / "llmbook_config.json"
     if book_cfg.exists():
-        import json
-
         saved = json.loads(book_cfg.read_text())
         extra = {k: saved[k] for k in ("attn_impl", "dropout", "activation_checkpointing") if k in saved}
     extra.update(overrides)

@@ -6,7 +6,9 @@
     logits = W_out Norm(h_L)        W_out = E when embeddings are tied
 
 with RMSNorm, RoPE on q/k and grouped-query attention. With the defaults the weights convert
-one-to-one to ``transformers.LlamaForCausalLM`` (see :mod:`llmbook.model.convert`).
+one-to-one to ``transformers.LlamaForCausalLM`` (see :mod:`llmbook.model.convert`, which also saves
+and loads checkpoints: ``save_pretrained(model, path)``, ``from_pretrained(path)``). Decoding
+(greedy, sampling, beam search) lives in :mod:`llmbook.decoding`.
 
 Initialisation (stated once): every Linear and Embedding weight ~ N(0, 0.02^2); the two residual
 output projections of each block (attention ``o_proj``, MLP ``down_proj``) ~ N(0, (0.02/sqrt(2L))^2)
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -199,19 +200,6 @@ class DecoderLM(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """HF Llama checkpoint (config.json + model.safetensors); see :func:`llmbook.model.convert.save_pretrained`."""
-        from llmbook.model.convert import save_pretrained
-
-        return save_pretrained(self, path)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides: object) -> DecoderLM:
-        """Load a HF Llama checkpoint directory; see :func:`llmbook.model.convert.from_pretrained`."""
-        from llmbook.model.convert import from_pretrained
-
-        return from_pretrained(path, **overrides)
-
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         return n - self.embed_tokens.weight.numel() if exclude_embeddings else n
@@ -279,40 +267,3 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     # shift the labels left (pad the end with ignore_index) rather than slicing the big logits tensor
     targets = F.pad(labels[:, 1:], (0, 1), value=ignore_index)  # (B, T)
     return F.cross_entropy(logits.reshape(-1, v).float(), targets.reshape(-1), ignore_index=ignore_index)
-
-
-@torch.no_grad()
-def generate_greedy(
-    model: DecoderLM,
-    input_ids: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    eos_token_id: int | None = None,
-    use_cache: bool = True,
-) -> torch.Tensor:
-    """Append ``max_new_tokens`` argmax tokens to ``input_ids (B, T)``; returns ``(B, T + n)``.
-
-    With ``use_cache`` the prompt is prefilled once and each step feeds one token against the
-    KV cache; without it every step re-runs the whole sequence (same tokens, quadratic cost).
-    Rows that emitted ``eos_token_id`` keep emitting it. (Sampling strategies: ``llmbook.decoding``.)
-    """
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    was_training = model.training
-    model.eval()
-    cache = KVCache() if use_cache else None
-    out = input_ids
-    step_input = input_ids
-    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    for _ in range(max_new_tokens):
-        logits = model(step_input if use_cache else out, kv_cache=cache).logits[:, -1]  # (B, V)
-        nxt = logits.argmax(dim=-1)
-        if eos_token_id is not None:
-            nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
-            done = done | (nxt == eos_token_id)
-        out = torch.cat((out, nxt[:, None]), dim=1)
-        step_input = nxt[:, None]
-        if eos_token_id is not None and bool(done.all()):
-            break
-    model.train(was_training)
-    return out

@@ -4,16 +4,18 @@ from llmbook.training.checkpoint import load_checkpoint, save_checkpoint
 from llmbook.training.data import (
     LoaderConfig,
     PackedLoader,
+    disjoint_windows,
     document_mask,
     document_positions,
     eval_windows,
     pack_documents,
+    random_windows,
     tokenize_corpus,
 )
 from llmbook.training.loop import (
     EvalResult,
-    Trainer,
     TrainConfig,
+    Trainer,
     accumulate_gradients,
     bits_per_byte,
     evaluate,
@@ -34,14 +36,12 @@ from llmbook.training.parallel import DataParallel, DeepSpeedZero, SingleProcess
 from llmbook.training.precision import DynamicLossScaler, autocast, default_precision
 from llmbook.training.schedule import ScheduleConfig, cosine_with_warmup, lr_multiplier, set_lr, wsd, wsd_phases
 from llmbook.training.throughput import (
-    PEAK_FLOPS,
     ThroughputMeter,
     flops_per_token,
     matmul_params,
     measure_matmul_flops,
     mfu,
     model_flops_per_token,
-    peak_flops,
 )
 
 __all__ = [
@@ -53,7 +53,6 @@ __all__ = [
     "LLAMA_SHAPES",
     "LoaderConfig",
     "ModelShape",
-    "PEAK_FLOPS",
     "PackedLoader",
     "ScheduleConfig",
     "SingleProcess",
@@ -69,6 +68,7 @@ __all__ = [
     "cosine_with_warmup",
     "deepspeed_config",
     "default_precision",
+    "disjoint_windows",
     "document_mask",
     "document_positions",
     "eval_windows",
@@ -86,7 +86,7 @@ __all__ = [
     "model_state_bytes",
     "pack_documents",
     "param_groups",
-    "peak_flops",
+    "random_windows",
     "save_checkpoint",
     "set_lr",
     "tokenize_corpus",

@@ -32,7 +32,8 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-MODEL_FILE, OPTIM_FILE, RNG_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"
+MODEL_FILE, OPTIM_FILE = "model.safetensors", "optimizer.safetensors"
+RNG_FILE, STATE_FILE = "rng.safetensors", "trainer_state.json"
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -9,6 +9,12 @@ An epoch is a permutation of the windows drawn from ``numpy.random.default_rng((
 so the order depends only on ``(seed, epoch)`` and the loader's whole state is
 ``(epoch, cursor)``: resuming from a checkpoint reproduces the batches of an uninterrupted run.
 
+Two more samplers serve experiments that compare models on a raw token stream:
+:func:`random_windows` (endless training batches at uniformly random offsets) and
+:func:`disjoint_windows` (non-overlapping evaluation windows, each scored from its own start, so
+the window length is the context length measured; :func:`eval_windows` instead scores every token
+exactly once with the longest context a window gives).
+
 Attention across a document boundary lets a token see an unrelated document. Two cheap
 mitigations are offered: restart ``position_ids`` at each document (RoPE then sees each
 document from position 0) and a block-diagonal *document mask* (Llama 3 trains with it;
@@ -154,3 +160,44 @@ def eval_windows(tokens: np.ndarray, seq_len: int, batch_size: int) -> Iterator[
         x = torch.from_numpy(tokens[s:].astype(np.int64))[None]  # (1, T')
         if x.shape[1] >= 2:
             yield {"input_ids": x, "labels": x.clone()}
+
+
+def random_windows(
+    tokens: np.ndarray | torch.Tensor, *, batch_size: int, seq_len: int, seed: int = 0
+) -> Iterator[torch.Tensor]:
+    """Endless ``(B, T)`` batches of windows starting at uniformly random offsets of ``tokens (N,)``."""
+    tokens = torch.as_tensor(tokens)
+    if tokens.dim() != 1:
+        raise ValueError(f"tokens must be 1-D (N,), got shape {tuple(tokens.shape)}")
+    if batch_size < 1 or seq_len < 2:
+        raise ValueError(f"batch_size must be >= 1 and seq_len >= 2, got {batch_size}, {seq_len}")
+    if tokens.numel() <= seq_len:
+        raise ValueError(f"tokens ({tokens.numel()}) must be longer than seq_len ({seq_len})")
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        starts = torch.randint(0, tokens.numel() - seq_len + 1, (batch_size,), generator=gen)
+        yield torch.stack([tokens[s : s + seq_len] for s in starts.tolist()])  # (B, T)
+
+
+def disjoint_windows(
+    tokens: np.ndarray | torch.Tensor, seq_len: int, batch_size: int = 8, *, max_windows: int | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
+    """``{"input_ids", "labels"}`` batches of the first ``n`` non-overlapping ``seq_len`` windows of ``tokens (N,)``.
+
+    Window ``k`` is ``tokens[kT : (k+1)T]`` and scores its last ``T - 1`` tokens, each from the
+    window's own start, so :func:`llmbook.training.loop.evaluate` over these batches is the mean
+    loss at context lengths ``1 .. T - 1``: a longer ``seq_len`` measures the model on longer
+    contexts. ``n = min(N // T, max_windows)``; the remainder shorter than one window is dropped.
+    """
+    tokens = torch.as_tensor(tokens)
+    if tokens.dim() != 1:
+        raise ValueError(f"tokens must be 1-D (N,), got shape {tuple(tokens.shape)}")
+    if seq_len < 2 or batch_size < 1:
+        raise ValueError(f"seq_len must be >= 2 and batch_size >= 1, got {seq_len}, {batch_size}")
+    n = tokens.numel() // seq_len
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n < 1:
+        raise ValueError(f"tokens ({tokens.numel()}) shorter than one window of seq_len={seq_len}")
+    windows = tokens[: n * seq_len].view(n, seq_len).long()  # (N,) -> (n, T)
+    return ({"input_ids": x, "labels": x.clone()} for x in windows.split(batch_size))  # (B, T) each

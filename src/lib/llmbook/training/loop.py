@@ -27,7 +27,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from llmbook.model.modes import eval_mode
+from llmbook.training.checkpoint import load_checkpoint, read_state, save_checkpoint
 from llmbook.training.optim import AdamW, clip_grad_norm, global_grad_norm, param_groups
 from llmbook.training.parallel import SingleProcess
 from llmbook.training.precision import PRECISIONS, DynamicLossScaler, Precision, autocast
@@ -148,18 +151,21 @@ def evaluate(
     n_bytes: int | None = None,
     precision: Precision = "fp32",
 ) -> EvalResult:
-    """Token-weighted mean loss over ``batches`` (e.g. :func:`llmbook.training.data.eval_windows`)."""
-    was_training = model.training
-    model.eval()
+    """Token-weighted mean loss over ``batches``: ``sum_b n_b * loss_b / sum_b n_b`` (nats per token).
+
+    ``n_b`` counts batch ``b``'s scored targets. :func:`llmbook.training.data.eval_windows` scores
+    every token once; :func:`llmbook.training.data.disjoint_windows` scores each window from its own
+    start (loss at a given context length). The model runs in eval mode and gets its mode back.
+    """
     device = next(model.parameters()).device
     nll, n = 0.0, 0
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        k = count_targets(batch["labels"])
-        with autocast(device, precision):
-            nll += float(_forward_loss(model, batch).float()) * k
-        n += k
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            k = count_targets(batch["labels"])
+            with autocast(device, precision):
+                nll += float(_forward_loss(model, batch).float()) * k
+            n += k
     if n == 0:
         raise ValueError("batches contain no scored tokens")
     loss = nll / n
@@ -228,9 +234,12 @@ class Trainer:
         )
         seconds = time.perf_counter() - t0
         if not math.isfinite(metrics["loss"]):
-            raise FloatingPointError(f"loss became {metrics['loss']} at step {self.step + 1} (lr {lr:.3g}); lower the learning rate")
+            raise FloatingPointError(
+                f"loss became {metrics['loss']} at step {self.step + 1} (lr {lr:.3g}); lower the learning rate"
+            )
         self.step += 1
-        row = {"step": float(self.step), "lr": lr, **metrics, "seconds": seconds, "tokens_per_s": metrics["tokens"] / seconds}
+        row = {"step": float(self.step), "lr": lr, **metrics, "seconds": seconds,
+               "tokens_per_s": metrics["tokens"] / seconds}
         self.history.append(row)
         return row
 
@@ -252,8 +261,6 @@ class Trainer:
         rows = []
         bar = None
         if progress and self.parallel.rank == 0:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=until, initial=self.step, desc=desc, unit="step")  # tqdm shows the ETA
         while self.step < until:
             row = self.train_step()
@@ -273,8 +280,6 @@ class Trainer:
         Data-parallel ranks hold identical states, so rank 0 writes them; under ZeRO every rank
         also writes its own shard of the model and optimizer through the engine.
         """
-        from llmbook.training.checkpoint import save_checkpoint
-
         path = Path(path)
         sharded = self.parallel.shards_state
         if sharded:
@@ -288,8 +293,6 @@ class Trainer:
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Restore a checkpoint written by :meth:`save` (with the same engine and number of ranks)."""
-        from llmbook.training.checkpoint import load_checkpoint, read_state
-
         sharded = self.parallel.shards_state
         if sharded:
             saved_world = read_state(path)["extra"].get("world_size")

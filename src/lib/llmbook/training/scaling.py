@@ -24,9 +24,17 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from scipy.optimize import minimize
+
+from llmbook.model import DecoderLM, ModelConfig
+from llmbook.training.data import LoaderConfig, PackedLoader, eval_windows
+from llmbook.training.loop import TrainConfig, Trainer, evaluate
+from llmbook.training.schedule import ScheduleConfig
 
 
 @dataclass(kw_only=True)
@@ -56,8 +64,8 @@ class FitConfig:
     beta_grid: tuple[float, ...] = (0.05, 0.2, 0.4, 0.7, 1.0, 1.5, 2.0)  # beta starts
     n_refine: int = 5  # best grid points refined with L-BFGS (more gave the same optimum in tests)
     max_iter: int = 2000  # L-BFGS iterations per start
-    bounds: dict[str, tuple[float, float]] = field(
-        default_factory=lambda: {"alpha": (0.01, 3.0), "beta": (0.01, 3.0)}  # exponents stay positive (a finite optimum)
+    bounds: dict[str, tuple[float, float]] = field(  # exponents stay positive (a finite optimum)
+        default_factory=lambda: {"alpha": (0.01, 3.0), "beta": (0.01, 3.0)}
     )
 
 
@@ -88,7 +96,10 @@ def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: n
     w = w / total  # softmax weights: d LSE / d term
     loss, dr = _huber(lse - log_l, delta)  # (P, R)
     grad = np.stack(
-        [(dr * w[0]).sum(1), (dr * w[0] * -log_n).sum(1), (dr * w[1]).sum(1), (dr * w[1] * -log_d).sum(1), (dr * w[2]).sum(1)],
+        [
+            (dr * w[0]).sum(1), (dr * w[0] * -log_n).sum(1), (dr * w[1]).sum(1), (dr * w[1] * -log_d).sum(1),
+            (dr * w[2]).sum(1),
+        ],
         axis=1,
     )  # (P, 5)
     return loss.sum(axis=1), grad
@@ -99,8 +110,6 @@ def fit_scaling_law(N: np.ndarray, D: np.ndarray, L: np.ndarray, cfg: FitConfig 
 
     ``N`` parameters, ``D`` training tokens, ``L`` final loss in nats per token: one entry per run.
     """
-    from scipy.optimize import minimize  # scipy is a dependency of the package
-
     cfg = cfg or FitConfig()
     N, D, L = (np.asarray(x, dtype=float).ravel() for x in (N, D, L))
     if not len(N) == len(D) == len(L):
@@ -112,7 +121,9 @@ def fit_scaling_law(N: np.ndarray, D: np.ndarray, L: np.ndarray, cfg: FitConfig 
     if cfg.n_refine < 1:
         raise ValueError(f"cfg.n_refine must be >= 1, got {cfg.n_refine}")
     log_n, log_d, log_l = np.log(N), np.log(D), np.log(L)
-    grid = np.array(list(itertools.product(cfg.a_grid, cfg.alpha_grid, cfg.b_grid, cfg.beta_grid, cfg.e_grid)))  # (P, 5)
+    grid = np.array(
+        list(itertools.product(cfg.a_grid, cfg.alpha_grid, cfg.b_grid, cfg.beta_grid, cfg.e_grid))
+    )  # (P, 5)
     scores = _objective(grid, log_n, log_d, log_l, cfg.huber_delta)[0]
     starts = grid[np.argsort(scores)[: cfg.n_refine]]
     lo_a, hi_a = cfg.bounds["alpha"]
@@ -125,8 +136,8 @@ def fit_scaling_law(N: np.ndarray, D: np.ndarray, L: np.ndarray, cfg: FitConfig 
 
     best = None
     for x0 in starts:
-        res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                       options={"maxiter": cfg.max_iter, "ftol": 1e-15, "gtol": 1e-12})  # residuals are ~1e-3: tight tols
+        options = {"maxiter": cfg.max_iter, "ftol": 1e-15, "gtol": 1e-12}  # residuals are ~1e-3: tight tolerances
+        res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
         if best is None or res.fun < best.fun:
             best = res
     a, alpha, b, beta, e = best.x
@@ -178,16 +189,10 @@ class RunConfig:
 
 
 def train_run(run: RunConfig, vocab_size: int, train_tokens: np.ndarray, val_tokens: np.ndarray) -> dict[str, float]:
-    """Train a fresh :class:`llmbook.model.DecoderLM` for ``run.tokens`` tokens; returns N, D, steps, val loss, seconds."""
-    import time
+    """Train a fresh :class:`llmbook.model.DecoderLM` for ``run.tokens`` tokens.
 
-    import torch
-
-    from llmbook.model import DecoderLM, ModelConfig
-    from llmbook.training.data import LoaderConfig, PackedLoader, eval_windows
-    from llmbook.training.loop import TrainConfig, Trainer, evaluate
-    from llmbook.training.schedule import ScheduleConfig
-
+    Returns N, D, steps, validation loss and seconds.
+    """
     steps = max(1, math.ceil(run.tokens / (run.batch_size * run.seq_len)))
     torch.manual_seed(run.seed)
     model = DecoderLM(ModelConfig(vocab_size=vocab_size, d_model=run.d_model, n_layers=run.n_layers,

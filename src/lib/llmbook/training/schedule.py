@@ -93,7 +93,8 @@ class ScheduleConfig:
             raise ValueError(f"kind must be one of {SCHEDULES}, got {self.kind!r}")
         if self.total_steps < 1 or not 0 <= self.warmup_steps <= self.total_steps:
             raise ValueError(
-                f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got {self.total_steps}, {self.warmup_steps}"
+                "need total_steps >= 1 and 0 <= warmup_steps <= total_steps, "
+                f"got {self.total_steps}, {self.warmup_steps}"
             )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
@@ -108,7 +109,9 @@ def lr_multiplier(cfg: ScheduleConfig, step: int) -> float:
             step, warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps, min_lr_ratio=cfg.min_lr_ratio
         )
     w, s, d = wsd_phases(cfg.total_steps, cfg.wsd_ratio)
-    return wsd(step, warmup_steps=w, stable_steps=s, decay_steps=d, min_lr_ratio=cfg.min_lr_ratio, decay_shape=cfg.decay_shape)
+    return wsd(
+        step, warmup_steps=w, stable_steps=s, decay_steps=d, min_lr_ratio=cfg.min_lr_ratio, decay_shape=cfg.decay_shape
+    )
 
 
 def set_lr(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, step: int) -> float:

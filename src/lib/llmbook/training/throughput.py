@@ -16,7 +16,8 @@ al. 2022, arXiv:2204.02311, appendix B)::
 - Activation recomputation is *not* counted (that would be hardware FLOPs, HFU, not MFU).
 
 ``MFU = tokens_per_s * F_token / peak_flops``: the fraction of the device's peak the model's
-arithmetic would need (PaLM's definition).
+arithmetic would need (PaLM's definition). Datasheet peaks: :func:`llmbook.hardware.peak_flops`;
+a CPU's peak is measured (:func:`measure_matmul_flops`).
 """
 
 from __future__ import annotations
@@ -25,30 +26,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-
-# dense (no 2:4 sparsity) peak FLOP/s from vendor datasheets
-PEAK_FLOPS: dict[str, dict[str, float]] = {
-    "H100 SXM": {"bf16": 989e12, "fp16": 989e12, "tf32": 495e12, "fp32": 67e12},
-    "H200": {"bf16": 989e12, "fp16": 989e12, "tf32": 495e12, "fp32": 67e12},
-    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51e12},
-    "A100": {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
-    "L4": {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30e12},
-    "V100": {"fp16": 125e12, "fp32": 15.7e12},
-}
-
-
-def peak_flops(device: str, precision: str = "bf16") -> float:
-    """Datasheet peak for a device name in :data:`PEAK_FLOPS` (substring match on e.g. ``torch.cuda.get_device_name()``)."""
-    dev = device.lower()
-    for name, table in PEAK_FLOPS.items():
-        if name.split()[0].lower() not in dev:
-            continue
-        if name.startswith("H100") and ("pcie" in dev) != (name == "H100 PCIe"):
-            continue  # the PCIe H100 has a lower clock and fewer SMs than the SXM part
-        if precision not in table:
-            raise ValueError(f"precision must be one of {sorted(table)} for {name}, got {precision!r}")
-        return table[precision]
-    raise ValueError(f"device must name one of {list(PEAK_FLOPS)}, got {device!r}; measure CPUs with measure_matmul_flops()")
 
 
 def measure_matmul_flops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
@@ -79,7 +56,10 @@ def flops_per_token(n_params: int, *, n_layers: int, seq_len: int, d_model: int)
 
 
 def model_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """:func:`flops_per_token` for a :class:`llmbook.model.DecoderLM` (N = params minus the input embedding, head included)."""
+    """:func:`flops_per_token` for a :class:`llmbook.model.DecoderLM`.
+
+    N = parameters of every matrix minus the input embedding (the output head included).
+    """
     cfg = model.cfg  # type: ignore[attr-defined]
     n = sum(p.numel() for name, p in model.named_parameters() if p.ndim >= 2 and name != "embed_tokens.weight")
     if cfg.tie_embeddings:
@@ -87,8 +67,11 @@ def model_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     return flops_per_token(n, n_layers=cfg.n_layers, seq_len=seq_len, d_model=cfg.d_model)
 
 
-def mfu(tokens_per_s: float, flops_per_tok: float, peak: float) -> float:
+def mfu(tokens_per_s: float, flops_per_tok: float, peak: float | None) -> float:
     """Model FLOPs utilisation: achieved model FLOP/s over peak FLOP/s."""
+    if peak is None:
+        raise ValueError("peak is None: the device is not in llmbook.hardware.PEAK_FLOPS; "
+                         "pass a measured peak (measure_matmul_flops()) or a datasheet number")
     if peak <= 0:
         raise ValueError(f"peak must be > 0, got {peak}")
     return tokens_per_s * flops_per_tok / peak

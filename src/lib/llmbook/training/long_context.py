@@ -1,4 +1,4 @@
-"""Long-context evaluation: perplexity against context length, RoPE rescaling, passkey retrieval.
+"""Long context: perplexity against context length, RoPE rescaling, passkey retrieval and its training data.
 
 - Perplexity at ``k x`` the training length shows whether a position scheme *extrapolates*: a
   learned table has no vector for unseen positions; sinusoidal and RoPE meet angles they never
@@ -9,6 +9,10 @@
 - Passkey retrieval (Mohtashami & Jaggi 2023, arXiv:2305.16300): a random number hidden in filler
   text must be reproduced at the end; accuracy against total length tests whether attention can
   *use* distant positions, which perplexity on natural text hardly requires.
+
+Perplexity here is ``exp`` of :func:`llmbook.training.loop.evaluate` over
+:func:`llmbook.training.data.disjoint_windows`: every window is scored from its own start, so the
+window length is the context length measured.
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ import dataclasses
 import math
 import random
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
+from torch import nn
 
-from llmbook.model.llama import DecoderLM
-from llmbook.model.train_small import eval_loss
+from llmbook.model import DecoderLM, eval_mode
 from llmbook.positional import RopeConfig
+from llmbook.training.data import disjoint_windows
+from llmbook.training.loop import evaluate
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 KEY_TEMPLATE = "The pass key is {key}. "
@@ -59,7 +65,7 @@ def perplexity_vs_length(
             out[t] = math.nan  # no position vector exists for positions >= limit
             continue
         windows = max(1, eval_tokens // t)
-        out[t] = math.exp(eval_loss(model, tokens, seq_len=t, batch_size=batch_size, max_windows=windows))
+        out[t] = evaluate(model, disjoint_windows(tokens, t, batch_size, max_windows=windows)).perplexity
     return out
 
 
@@ -82,7 +88,9 @@ def passkey_example(
     filler_unit = tokenizer.encode(FILLER)
     n_filler = length - len(key_ids) - len(question) - len(answer)
     if n_filler < 0:
-        raise ValueError(f"length {length} is too short for a passkey prompt (needs at least {length - n_filler} tokens)")
+        raise ValueError(
+            f"length {length} is too short for a passkey prompt (needs at least {length - n_filler} tokens)"
+        )
     filler = (filler_unit * (n_filler // len(filler_unit) + 1))[:n_filler]
     depth = rng.random() if depth is None else depth
     cut = int(round(depth * n_filler))
@@ -96,10 +104,13 @@ def passkey_batches(
     """Endless ``(B, T)`` batches of passkey prompts (answers included) to mix into training."""
     rng = random.Random(seed)
     while True:
-        yield torch.tensor([passkey_example(tokenizer, seq_len, n_digits=n_digits, rng=rng)[0] for _ in range(batch_size)])
+        rows = [passkey_example(tokenizer, seq_len, n_digits=n_digits, rng=rng)[0] for _ in range(batch_size)]
+        yield torch.tensor(rows)  # (B, T)
 
 
-def mixed_batches(text: Iterator[torch.Tensor], extra: Iterator[torch.Tensor], fraction: float) -> Iterator[torch.Tensor]:
+def mixed_batches(
+    text: Iterator[torch.Tensor], extra: Iterator[torch.Tensor], fraction: float
+) -> Iterator[torch.Tensor]:
     """Replace the first ``round(fraction * B)`` rows of every text batch with rows of ``extra``."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
@@ -112,24 +123,27 @@ def mixed_batches(text: Iterator[torch.Tensor], extra: Iterator[torch.Tensor], f
 
 @torch.no_grad()
 def passkey_accuracy(
-    model: Any, tokenizer: Tokenizer, length: int, *, trials: int, n_digits: int = 4, seed: int = 0, batch_size: int = 8
+    model: nn.Module, tokenizer: Tokenizer, length: int, *, trials: int, n_digits: int = 4, seed: int = 0,
+    batch_size: int = 8,
 ) -> dict[str, float]:
     """Greedy (teacher-forced) retrieval: share of prompts whose every key token is the argmax, and per token.
 
-    Returns ``{"key": exact-key accuracy, "token": accuracy per answer token}``.
+    Returns ``{"key": exact-key accuracy, "token": accuracy per answer token}``. The model runs in
+    eval mode and gets its mode back.
     """
     rng = random.Random(seed)
     examples = [passkey_example(tokenizer, length, n_digits=n_digits, depth=(i + 0.5) / trials, rng=rng)
                 for i in range(trials)]
     device = next(model.parameters()).device
     exact, digits, total = 0, 0, 0
-    for i in range(0, trials, batch_size):
-        chunk = examples[i : i + batch_size]
-        ids = torch.tensor([e[0] for e in chunk], device=device)  # (B, T)
-        predicted = model(ids).logits.argmax(-1)  # (B, T): position t predicts token t + 1
-        for row, (_, start, n) in enumerate(chunk):
-            hit = predicted[row, start - 1 : start - 1 + n] == ids[row, start : start + n]  # (n,)
-            exact += int(hit.all())
-            digits += int(hit.sum())
-            total += n
+    with eval_mode(model):
+        for i in range(0, trials, batch_size):
+            chunk = examples[i : i + batch_size]
+            ids = torch.tensor([e[0] for e in chunk], device=device)  # (B, T)
+            predicted = model(ids).logits.argmax(-1)  # (B, T): position t predicts token t + 1
+            for row, (_, start, n) in enumerate(chunk):
+                hit = predicted[row, start - 1 : start - 1 + n] == ids[row, start : start + n]  # (n,)
+                exact += int(hit.all())
+                digits += int(hit.sum())
+                total += n
     return {"key": exact / trials, "token": digits / total}
