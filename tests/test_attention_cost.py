@@ -1,5 +1,7 @@
 """KV-cache formulas on published configs, and the CPU peak-memory / cost measurement."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -27,14 +29,20 @@ def test_formula_matches_real_caches():
     shape = cost.PublishedAttention(name="t", source="test", n_layers=3, d_model=32, n_heads=4, n_kv_heads=2,
                                     head_dim=8)
     assert cache.nbytes() == 10 * cost.kv_cache_bytes_per_token(shape, "fp32")
-    mla = MultiHeadLatentAttention(LatentAttentionConfig(d_model=32, n_heads=4, kv_lora_rank=12, qk_nope_head_dim=8,
-                                                         qk_rope_head_dim=4, v_head_dim=8))
+    assert cost.attention_shape(cfg, name="t") == dataclasses.replace(shape, source="config")
+    mla_cfg = LatentAttentionConfig(d_model=32, n_heads=4, kv_lora_rank=12, qk_nope_head_dim=8, qk_rope_head_dim=4,
+                                    v_head_dim=8)
+    mla = MultiHeadLatentAttention(mla_cfg)
     cache = KVCache()
     with torch.no_grad():
         mla(torch.randn(1, 10, 32), cache=cache)
     shape = cost.PublishedAttention(name="m", source="test", n_layers=1, d_model=32, n_heads=4, n_kv_heads=1,
                                     head_dim=12, kv_lora_rank=12, qk_rope_head_dim=4)
     assert cache.nbytes() == 10 * cost.kv_cache_bytes_per_token(shape, "fp32")
+    assert cache.nbytes() == 10 * cost.kv_cache_bytes_per_token(cost.attention_shape(mla_cfg, n_layers=1), "fp32")
+    with pytest.raises(ValueError, match="n_layers is required"):
+        cost.attention_shape(mla_cfg)
+    assert cost.dense_scores_bytes(2, 4, 16) == 2 * 4 * 16 * 16 * 4
 
 
 def test_peak_memory_tracks_live_tensors():

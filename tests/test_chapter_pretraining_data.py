@@ -28,6 +28,7 @@ def test_funnel_filters_and_dedup(metrics: dict) -> None:
     assert metrics["c4_list_moby_dick_chapters"] > 10  # the word-list false positives the chapter shows
     assert metrics["langid_nb_accuracy"] > 0.9 and metrics["langid_nb_code_recall"] > metrics["langid_fast_code_recall"]
     assert metrics["signature_max_abs_diff"] == 0  # MinHash signatures equal datasketch's
+    assert metrics["s_curve_verdict"] == "follows" and metrics["s_curve_max_dev"] < 0.35  # the plotted claim
     assert metrics["pair_precision"] > 0.9 and metrics["pair_recall"] > 0.6
     assert metrics["classifier_clean_false_drop"] < 0.1
 

@@ -8,9 +8,12 @@ from datasketch import MinHash, MinHashLSH  # noqa: E402
 
 from llmbook.data.corpora import load_documents  # noqa: E402
 from llmbook.data.dedup import (  # noqa: E402
+    NearDedupConfig,
     UnionFind,
     duplicate_rate,
+    edited_copies,
     exact_dedup,
+    measured_s_curve,
     near_duplicate_clusters,
     optimal_bands,
     pair_precision_recall,
@@ -112,3 +115,16 @@ def test_signature_estimate_tracks_exact_jaccard():
     sig = minhash_signatures(shingle_hashes_batch([a, b]), 256, 1, "affine32")
     est = float(np.mean(sig[0] == sig[1]))
     assert abs(est - jaccard(sa, sb)) < 0.08, (est, jaccard(sa, sb))
+
+
+def test_measured_s_curve_follows_theory_on_edited_copies():
+    texts = [d["text"] for _, d in zip(range(150), load_documents("austen"))]
+    cfg = NearDedupConfig(threshold=0.7, num_perm=128, seed=1)
+    b, r = optimal_bands(cfg.threshold, cfg.num_perm)
+    rows = measured_s_curve(edited_copies(texts, max_delete=0.5, seed=3), cfg, b, r)
+    assert sum(row["pairs"] for row in rows) >= 100 and len(rows) >= 4
+    for row in rows:  # every bin within 3 standard errors (plus MinHash's own noise) of 1 - (1 - s^r)^b
+        assert abs(row["measured"] - row["theory"]) <= 3 * row["std_error"] + 0.1, row
+    assert rows[-1]["measured"] > 0.9 and rows[0]["measured"] < 0.1  # both ends of the S are reached
+    identical = measured_s_curve([(texts[0], texts[0])], cfg, b, r)
+    assert identical == [{"jaccard": 1.0, "pairs": 1, "measured": 1.0, "theory": 1.0, "std_error": 0.0}]

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from llmbook.model import DecoderLM, ModelConfig
+from llmbook.model import DecoderLM, ModelConfig, seeded_model
 from llmbook.positional import RopeConfig, rope_parameters
 from llmbook.training import long_context as lc
 
@@ -82,3 +82,21 @@ def test_passkey_prompt_layout_and_accuracy():
     text = iter([torch.zeros(4, 80, dtype=torch.long)])
     batch = next(lc.mixed_batches(text, lc.passkey_batches(tok, batch_size=4, seq_len=80), 0.5))
     assert batch.shape == (4, 80) and bool((batch[2:] == 0).all()) and bool((batch[:2] != 0).any())
+
+
+
+def test_passkey_training_batches_mix_the_stated_share() -> None:
+    tokens = torch.arange(1000) % 97
+    batches = lc.passkey_training_batches(tokens, DigitTokenizer(), seq_len=96, batch_size=8, passkey_fraction=0.25,
+                                          seed=1)
+    batch = next(batches)
+    assert batch.shape == (8, 96)
+    windows = [row for row in batch.tolist() if all((b - a) % 97 == 1 for a, b in zip(row, row[1:]))]
+    assert len(windows) == 6  # 2 of 8 rows are passkey prompts, the rest consecutive windows of `tokens`
+
+
+def test_seeded_model_starts_from_the_same_weights() -> None:
+    cfg = ModelConfig(vocab_size=100, d_model=32, n_layers=1, n_heads=4)
+    a, b, c = seeded_model(cfg, seed=3), seeded_model(cfg, seed=3), seeded_model(cfg, seed=4)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.lm_head.weight, c.lm_head.weight)

@@ -73,6 +73,28 @@ PUBLISHED = {
 }
 
 
+def attention_shape(cfg: Any, *, n_layers: int | None = None, name: str = "this model") -> PublishedAttention:
+    """The attention sizes of a model config, for the same formulas as the published models.
+
+    ``cfg`` is the book's ``ModelConfig`` (or any config with ``n_layers``, ``d_model``, ``n_heads``,
+    ``n_kv_heads`` and ``head_dim``, None meaning H and C / H), or a ``LatentAttentionConfig`` (MLA),
+    which has no layer count of its own: pass ``n_layers``.
+    """
+    if hasattr(cfg, "kv_lora_rank"):  # MLA: the latent acts as one shared KV head
+        if n_layers is None:
+            raise ValueError("n_layers is required for a LatentAttentionConfig (it describes one layer)")
+        return PublishedAttention(
+            name=name, source="config", n_layers=n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=1,
+            head_dim=cfg.qk_nope_head_dim + cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim,
+            kv_lora_rank=cfg.kv_lora_rank, q_lora_rank=cfg.q_lora_rank, qk_rope_head_dim=cfg.qk_rope_head_dim,
+        )
+    return PublishedAttention(
+        name=name, source="config", n_layers=cfg.n_layers if n_layers is None else n_layers, d_model=cfg.d_model,
+        n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads or cfg.n_heads,
+        head_dim=cfg.head_dim or cfg.d_model // cfg.n_heads,
+    )
+
+
 def as_variant(cfg: PublishedAttention, kind: str) -> PublishedAttention:
     """The same model sizes with another attention: "MHA" (Hkv = H), "MQA" (Hkv = 1) or "GQA" (as published).
 
@@ -112,6 +134,11 @@ def attention_params_per_layer(cfg: PublishedAttention) -> int:
     q = c * h * cfg.head_dim if cfg.q_lora_rank is None else c * cfg.q_lora_rank + cfg.q_lora_rank * h * cfg.head_dim
     norms = r + (cfg.q_lora_rank or 0)
     return q + c * (r + d_r) + r * h * (d_n + d_v) + h * d_v * c + norms
+
+
+def dense_scores_bytes(batch: int, heads: int, t: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of the B x H x T x T score matrix that eager attention materialises (and tiled never does)."""
+    return batch * heads * t * t * torch.finfo(dtype).bits // 8
 
 
 def causal_attention_flops(batch: int, heads: int, t: int, head_dim: int, *, causal: bool = True) -> float:
@@ -242,4 +269,4 @@ def attention_cost(
     _, peak = peak_memory(call, device)
     flops = causal_attention_flops(batch, heads, t, head_dim) * (3.5 if backward else 1.0)
     return {"T": t, "ms": 1000 * seconds, "peak_mib": peak / 2**20, "tflops": flops / seconds / 1e12,
-            "dense_scores_mib": batch * heads * t * t * torch.finfo(dtype).bits / 8 / 2**20}
+            "dense_scores_mib": dense_scores_bytes(batch, heads, t, dtype) / 2**20}

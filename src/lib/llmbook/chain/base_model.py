@@ -143,7 +143,7 @@ def book_base_model(
     """The base model of ``cfg`` as an artifact directory (HF format + tokenizer files).
 
     Built on a cache miss: from ``trained`` when the caller has just trained it (the pretraining
-    chapter), else by :func:`train_base_model`. Load it with ``DecoderLM.from_pretrained(path)``
+    chapter), else by :func:`train_base_model`. Load it with ``llmbook.model.from_pretrained(path)``
     or ``transformers.LlamaForCausalLM.from_pretrained(path)``.
     """
     split = split or corpus_split(cfg)

@@ -24,7 +24,16 @@ from functools import partial
 
 import numpy as np
 
-from llmbook.data.minhash import CJK_RE, minhash_texts, shingles, word_spans, words
+from llmbook.data.minhash import (
+    CJK_RE,
+    hash_shingles,
+    jaccard,
+    minhash_signatures,
+    minhash_texts,
+    shingles,
+    word_spans,
+    words,
+)
 from llmbook.data.pipeline import CorpusStage, Doc
 
 
@@ -177,6 +186,53 @@ class NearDedupConfig:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.unit not in ("word", "char"):
             raise ValueError(f"unit must be 'word' or 'char', got {self.unit!r}")
+
+
+def edited_copies(
+    texts: Sequence[str], max_delete: float = 0.3, min_words: int = 60, copies: int = 1, seed: int = 0
+) -> list[tuple[str, str]]:
+    """(text, copy with a random share in [0, max_delete) of its words deleted), ``copies`` per text.
+
+    Texts of fewer than ``min_words`` whitespace-separated words are skipped. The deletion share varies
+    per copy, so the pairs spread over a range of Jaccard similarities.
+    """
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for text in texts:
+        tokens = text.split()
+        if len(tokens) < min_words:
+            continue
+        for _ in range(copies):
+            keep = rng.random(len(tokens)) > rng.uniform(0, max_delete)
+            pairs.append((text, " ".join(t for t, k in zip(tokens, keep) if k)))
+    return pairs
+
+
+def measured_s_curve(
+    pairs: Sequence[tuple[str, str]], cfg: NearDedupConfig, b: int, r: int, n_bins: int = 10
+) -> list[dict[str, float]]:
+    """The LSH candidate rate of text pairs by exact Jaccard similarity, beside :func:`s_curve`'s prediction.
+
+    Each pair gets its exact shingle Jaccard ``s`` and whether b bands of r MinHash rows make it a
+    candidate. Per Jaccard bin: the measured rate, the theory averaged over the bin's own ``s``
+    values, and the binomial standard error of the measured rate, sqrt(p (1 - p) / n).
+    """
+    hashes = [hash_shingles(t, cfg.ngram, cfg.unit) for pair in pairs for t in pair]
+    sig = minhash_signatures(hashes, cfg.num_perm, cfg.seed, cfg.scheme)  # (2 * pairs, num_perm)
+    exact = np.array([jaccard(set(shingles(a, cfg.ngram, cfg.unit)), set(shingles(c, cfg.ngram, cfg.unit)))
+                      for a, c in pairs])
+    hit = np.array([(0, 1) in lsh_candidate_pairs(sig[2 * i : 2 * i + 2], b, r) for i in range(len(pairs))])
+    edges = np.linspace(0, 1, n_bins + 1)
+    which = np.clip(np.digitize(exact, edges) - 1, 0, n_bins - 1)
+    rows = []
+    for k in range(n_bins):
+        inside = which == k
+        if inside.any():
+            theory = float(np.mean(s_curve(exact[inside], b, r)))
+            rows.append({"jaccard": float(exact[inside].mean()), "pairs": int(inside.sum()),
+                         "measured": float(hit[inside].mean()), "theory": theory,
+                         "std_error": float(np.sqrt(theory * (1 - theory) / inside.sum()))})
+    return rows
 
 
 def near_duplicate_clusters(

@@ -11,7 +11,7 @@ from llmbook.model.convert import (
     to_hf_state_dict,
 )
 from llmbook.model.layers import FeedForward, RMSNorm, rms_norm
-from llmbook.model.llama import DecoderBlock, DecoderLM, ModelConfig, ModelOutput, causal_lm_loss
+from llmbook.model.llama import DecoderBlock, DecoderLM, ModelConfig, ModelOutput, causal_lm_loss, seeded_model
 from llmbook.model.modes import eval_mode
 from llmbook.model.moe import MoEConfig, MoEFeedForward, load_balancing_loss, route
 
@@ -34,6 +34,7 @@ __all__ = [
     "rms_norm",
     "route",
     "save_pretrained",
+    "seeded_model",
     "to_hf",
     "to_hf_config",
     "to_hf_state_dict",

@@ -261,6 +261,16 @@ class DecoderLM(nn.Module):
         return ModelOutput(logits=logits, loss=loss, aux_loss=aux_total, kv_cache=kv_cache)
 
 
+def seeded_model(cfg: ModelConfig, seed: int, device: str | torch.device = "cpu") -> DecoderLM:
+    """A fresh model whose weights come from ``torch.manual_seed(seed)``.
+
+    Two calls with the same seed start from the same weights wherever their shapes agree, which is how
+    the book compares variants (position encodings, norm placements) from one initialisation.
+    """
+    torch.manual_seed(seed)
+    return DecoderLM(cfg).to(device)
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean cross-entropy of ``logits[:, t]`` against ``labels[:, t + 1]`` (HF's shift), fp32."""
     v = logits.shape[-1]

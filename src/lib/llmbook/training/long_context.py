@@ -28,7 +28,7 @@ from torch import nn
 
 from llmbook.model import DecoderLM, eval_mode
 from llmbook.positional import RopeConfig
-from llmbook.training.data import disjoint_windows
+from llmbook.training.data import disjoint_windows, random_windows
 from llmbook.training.loop import evaluate
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -119,6 +119,19 @@ def mixed_batches(
         if k:
             batch = torch.cat((next(extra)[:k], batch[k:]))  # (B, T)
         yield batch
+
+
+def passkey_training_batches(
+    tokens: torch.Tensor, tokenizer: Tokenizer, *, seq_len: int, batch_size: int, passkey_fraction: float,
+    n_digits: int = 4, seed: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Endless ``(B, T)`` training batches: random windows of ``tokens`` with a share of passkey prompts.
+
+    The passkey rows teach the small models the retrieval task the chapter measures at longer lengths.
+    """
+    text = random_windows(tokens, batch_size=batch_size, seq_len=seq_len, seed=seed)
+    keys = passkey_batches(tokenizer, batch_size=batch_size, seq_len=seq_len, n_digits=n_digits, seed=seed)
+    return mixed_batches(text, keys, passkey_fraction)
 
 
 @torch.no_grad()

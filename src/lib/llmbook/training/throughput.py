@@ -28,14 +28,23 @@ from dataclasses import dataclass
 import torch
 
 
-def measure_matmul_flops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Measured CPU "peak": best FLOP/s of an ``n x n @ n x n`` matmul (``2 n^3`` FLOPs) over ``repeats``."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up (threads, caches)
+def measure_matmul_flops(
+    n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> float:
+    """Measured "peak": best FLOP/s of an ``n x n @ n x n`` matmul (``2 n^3`` FLOPs) over ``repeats``.
+
+    The reference for MFU where no datasheet figure applies (a CPU, or a GPU missing from
+    :data:`llmbook.hardware.PEAK_FLOPS`).
+    """
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    a @ b  # warm-up (threads, caches, kernel selection)
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
 
