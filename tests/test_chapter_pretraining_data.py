@@ -38,7 +38,9 @@ def test_selection_and_mixing(metrics: dict) -> None:
     assert metrics["best_mixture_loss"] <= metrics["proportional_loss"]
 
 
-def test_corpus_artifact_is_reused(smoke_book: runner.BookPaths, metrics: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_corpus_artifact_is_reused(
+    smoke_book: runner.BookPaths, metrics: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert metrics["corpus_roundtrip"] is True and metrics["corpus_tokens"] > 10_000
     monkeypatch.setenv("LLMBOOK_CACHE", str(smoke_book.cache_dir))
     corpus = chain.pretraining_corpus(profiles.resolve("pretraining_data", "smoke"))

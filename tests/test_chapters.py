@@ -8,8 +8,8 @@ import nbformat
 import pytest
 
 from llmbook.book import profiles, report, runner
-from llmbook.tokenization import ByteBPETokenizer
 from llmbook.chain.tokenizer import TOKENIZER_FILE, book_tokenizer
+from llmbook.tokenization import ByteBPETokenizer
 
 pytestmark = pytest.mark.xdist_group("book")
 

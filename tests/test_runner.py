@@ -141,7 +141,7 @@ def test_each_parameter_is_declared_once_with_its_profile_values() -> None:
     assert AttentionChapterConfig().d_model == 96  # the plain default is the cpu value
     assert AttentionChapterConfig.for_profile("multi-gpu").d_model == 512  # multi-gpu falls back to gpu
     assert smoke.rope_factor == gpu.rope_factor == 4.0  # a plain default holds in every profile
-    for name, config_class in profiles.CHAPTER_CONFIGS.items():
+    for name in profiles.CHAPTER_CONFIGS:
         for profile in profiles.PROFILES:
             assert profiles.resolve(name, profile).profile == profile  # every profile validates
 

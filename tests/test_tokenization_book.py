@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from llmbook.book import profiles
+from llmbook.chain.tokenizer import SPECIAL_TOKENS, artifact_config, training_text
 from llmbook.data import corpus_text
 from llmbook.tokenization import reference as ref
 from llmbook.tokenization import train_bpe
-from llmbook.chain.tokenizer import SPECIAL_TOKENS, artifact_config, training_text
 
 
 @pytest.fixture(scope="module")

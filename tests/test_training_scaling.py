@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from llmbook.training.scaling import (
     ScalingFit,
     compute_optimal,

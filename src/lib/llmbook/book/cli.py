@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from llmbook.book import profiles, runner
 from llmbook.tokenization.published import fetch_published_vocabularies
@@ -33,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmbook", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=None, help="the book checkout (default: found from the working directory)")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="the book checkout (default: found from the working directory)")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     listing = commands.add_parser("list", help="chapters, their profiles and their state")

@@ -35,7 +35,8 @@ def lines(
         ax.plot(group[x], group[y], marker=marker, linestyle=linestyle, label=str(name), alpha=0.85)
     for name, value in (reference_lines or {}).items():
         ax.axhline(value, linestyle="--", linewidth=1, color="gray")
-        ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8, color="gray")
+        ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8,
+                    color="gray")
     if logx:
         ax.set_xscale("log", base=2)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)

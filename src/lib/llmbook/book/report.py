@@ -1,8 +1,9 @@
 """Numbers from a chapter run: glued into the prose and written to `runs/<chapter>/<profile>/metrics.json`.
 
 A notebook opens one run with :func:`llmbook.book.notebook.open_chapter` (which calls `start`) and
-then calls `run.record(name, value)` for every number its prose quotes. The prose shows the value with myst-nb's `{glue:text}` role, so no result
-is ever typed by hand; the tests read the same numbers back from `metrics.json`.
+then calls `run.record(name, value)` for every number its prose quotes. The prose shows the value with
+myst-nb's `{glue:text}` role, so no result is ever typed by hand; the tests read the same numbers back
+from `metrics.json`.
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from llmbook.book import profiles
 from llmbook.book.artifacts import CACHE_ENV
@@ -186,7 +187,8 @@ def run_chapter(
             )
     except papermill.PapermillExecutionError as error:
         _save_last_run(chapter, paths, {**record, "status": "failed", "error": f"{error.ename}: {error.evalue}"})
-        raise ChapterFailed(chapter.name, _source_cell(chapter, error.source), f"{error.ename}: {error.evalue}") from None
+        cell = _source_cell(chapter, error.source)
+        raise ChapterFailed(chapter.name, cell, f"{error.ename}: {error.evalue}") from None
     except Exception as error:  # the kernel did not start or died
         _save_last_run(chapter, paths, {**record, "status": "failed", "error": repr(error)})
         raise ChapterFailed(chapter.name, None, f"{type(error).__name__}: {error}") from error

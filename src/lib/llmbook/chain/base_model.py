@@ -24,7 +24,7 @@ from llmbook.book.profiles import PretrainingConfig, resolve
 from llmbook.chain.corpus import pretraining_corpus, tokenizer_for
 from llmbook.model import DecoderLM, ModelConfig, save_pretrained
 from llmbook.training.data import LoaderConfig, PackedLoader, eval_windows
-from llmbook.training.loop import EvalResult, Trainer, TrainConfig, evaluate
+from llmbook.training.loop import EvalResult, TrainConfig, Trainer, evaluate
 from llmbook.training.optim import param_groups
 from llmbook.training.schedule import ScheduleConfig
 
@@ -96,12 +96,13 @@ def train_base_model(cfg: PretrainingConfig, split: CorpusSplit, *, progress: bo
     torch.manual_seed(cfg.seed)
     model = DecoderLM(base_model_config(cfg, split.tokenizer.vocab_size)).to(device)
     train_model = torch.compile(model) if (cfg.compile and device == "cuda") else model
-    loader = PackedLoader(split.train_tokens, LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed))
+    loader_cfg = LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed)
+    loader = PackedLoader(split.train_tokens, loader_cfg)
     train_cfg = base_train_config(cfg, precision)
     optimizer = None  # the book's AdamW, equal to torch's step for step (the chapter checks it) ...
     if device == "cuda":  # ... but one fused kernel beats its ~7 launches per tensor when the GPU is the limit
-        optimizer = torch.optim.AdamW(param_groups(model, train_cfg.weight_decay), lr=train_cfg.lr, betas=train_cfg.betas,
-                                      eps=train_cfg.eps, fused=True)
+        optimizer = torch.optim.AdamW(param_groups(model, train_cfg.weight_decay), lr=train_cfg.lr,
+                                      betas=train_cfg.betas, eps=train_cfg.eps, fused=True)
     trainer = Trainer(train_model, loader, train_cfg, optimizer=optimizer)
 
     def validate(step: int) -> EvalResult:
@@ -122,7 +123,8 @@ def train_base_model(cfg: PretrainingConfig, split: CorpusSplit, *, progress: bo
         final = validate(trainer.step)
         if bar is not None:
             bar.update(len(rows))
-            bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", val=f"{final.loss:.3f}", tok_s=f"{rows[-1]['tokens_per_s']:.0f}")
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", val=f"{final.loss:.3f}",
+                            tok_s=f"{rows[-1]['tokens_per_s']:.0f}")
     if bar is not None:
         bar.close()
     return BaseModelRun(model=model, trainer=trainer, val_curve=val_curve, final=final)
@@ -131,9 +133,11 @@ def train_base_model(cfg: PretrainingConfig, split: CorpusSplit, *, progress: bo
 def base_model_key(cfg: PretrainingConfig, split: CorpusSplit) -> dict[str, Any]:
     """Everything that determines the trained weights (the artifact's cache key)."""
     _, precision = device_and_precision(cfg)
-    fields = ("val_fraction", "steps", "lr", "batch_size", "seq_len", "warmup_steps", "min_lr_ratio", "weight_decay", "seed")
-    return {"version": BASE_MODEL_VERSION, "model": dataclasses.asdict(base_model_config(cfg, split.tokenizer.vocab_size)),
-            "corpus": split.corpus_key, "precision": precision, **{f: getattr(cfg, f) for f in fields}}
+    fields = ("val_fraction", "steps", "lr", "batch_size", "seq_len", "warmup_steps", "min_lr_ratio", "weight_decay",
+              "seed")
+    model = dataclasses.asdict(base_model_config(cfg, split.tokenizer.vocab_size))
+    return {"version": BASE_MODEL_VERSION, "model": model, "corpus": split.corpus_key, "precision": precision,
+            **{f: getattr(cfg, f) for f in fields}}
 
 
 def book_base_model(

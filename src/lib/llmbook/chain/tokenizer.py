@@ -69,7 +69,9 @@ def save_book_tokenizer(tokenizer: ByteBPETokenizer, config: TokenizationConfig)
     return artifacts.get_or_build("tokenizer", artifact_config(config), _writer(tokenizer))
 
 
-def book_tokenizer(config: TokenizationConfig, *, progress: bool = False) -> tuple[ByteBPETokenizer, artifacts.Artifact]:
+def book_tokenizer(
+    config: TokenizationConfig, *, progress: bool = False
+) -> tuple[ByteBPETokenizer, artifacts.Artifact]:
     """The book tokenizer for `config`: from the cache, or trained now exactly as chapter 1 does."""
 
     def build(directory: Path) -> None:

@@ -272,7 +272,7 @@ def train_unigram(
                 vfreq[piece] += f
         vsum = sum(vfreq.values())
         candidates = []
-        for piece, lp in logp.items():
+        for piece in logp:
             if piece in required or vfreq.get(piece, 0) == 0:
                 continue
             alt = viterbi(piece, logp, L, unk, exclude=piece)
