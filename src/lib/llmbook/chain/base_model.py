@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from llmbook.book import artifacts
 from llmbook.book.profiles import PretrainingConfig, resolve
@@ -115,8 +116,6 @@ def train_base_model(cfg: PretrainingConfig, split: CorpusSplit, *, progress: bo
     final = validate(0)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=cfg.steps, desc="pretrain", unit="step")
     while trainer.step < cfg.steps:
         rows = trainer.run(until_step=min(trainer.step + cfg.eval_every, cfg.steps))
