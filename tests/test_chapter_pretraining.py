@@ -56,7 +56,10 @@ def test_decoding_table(metrics: dict) -> None:
 def test_scaling_fit_prediction_recorded(metrics: dict) -> None:
     smoke = profiles.resolve("pretraining", "smoke")
     assert metrics["sweep_runs"] == len(smoke.sweep_d_models) * len(smoke.sweep_tokens) >= 5
-    assert math.isfinite(metrics["heldout_rel_error"]) and metrics["heldout_rel_error"] >= 0
+    # the law fitted on the sweep predicts the larger held-out run's loss before it is trained (smoke: 1.8 %)
+    assert metrics["heldout_rel_error"] < 0.05, metrics["heldout_rel_error"]
+    predicted, measured = metrics["heldout_predicted"], metrics["heldout_measured"]
+    assert math.isclose(metrics["heldout_rel_error"], abs(predicted - measured) / measured, rel_tol=1e-9)
     assert math.isfinite(metrics["heldout_predicted"]) and metrics["heldout_predicted"] > 0
     assert metrics["fit_alpha"] > 0 and metrics["fit_beta"] > 0
 
