@@ -29,7 +29,9 @@ class MoEConfig:
     n_experts: int = 4  # E
     top_k: int = 2  # experts per token (Switch: 1, Mixtral: 2)
     d_ff: int | None = None  # hidden width of each expert; None = the dense d_ff
-    normalize_gates: bool = True  # renormalise top-k gates to sum to 1 (Mixtral); False = raw p (Switch)
+    # renormalise top-k gates to sum to 1 (Mixtral); False = raw p (Switch). With top_k=1 a renormalised gate is
+    # always exactly 1, so the router gets no gradient but rounding noise: use False there, as Switch does
+    normalize_gates: bool = True
     aux_loss_coef: float = 0.01  # weight of the load-balancing loss added to the LM loss
 
     def __post_init__(self) -> None:

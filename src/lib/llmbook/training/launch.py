@@ -34,7 +34,7 @@ import torch
 from llmbook.model import DecoderLM, ModelConfig, MoEConfig
 from llmbook.positional import RopeConfig
 from llmbook.training.data import LoaderConfig, PackedLoader
-from llmbook.training.loop import Trainer, TrainConfig, check_checkpointing
+from llmbook.training.loop import TrainConfig, Trainer, check_checkpointing
 from llmbook.training.parallel import ZERO_CONFIGS, DataParallel, DeepSpeedZero, SingleProcess, deepspeed_config
 from llmbook.training.schedule import ScheduleConfig
 
@@ -51,6 +51,7 @@ class RunSpec:
     loader: dict[str, Any]  # LoaderConfig fields; batch_size is the GLOBAL micro-batch, split over ranks
     engine: str = "ddp"  # one of ENGINES
     deepspeed_config: str | None = None  # a DeepSpeed JSON replacing the shipped zeroN.json (zero engines only)
+    bucket_cap_mb: float | None = None  # DDP gradient bucket size in MiB (engine "ddp" only); None: DDP's 25
     seed: int = 0  # model init; the loader has its own seed
     torch_threads: int = 1  # intra-op threads per process (ranks share the cores)
     device: str = "auto"  # "auto": GPUs where visible; "cpu": CPU and gloo even on a GPU host
@@ -65,6 +66,9 @@ class RunSpec:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if self.deepspeed_config is not None and self.engine not in ZERO_CONFIGS:
             raise ValueError(f"deepspeed_config is read by the engines {ZERO_CONFIGS} only, not {self.engine!r}")
+        if self.bucket_cap_mb is not None and (self.engine != "ddp" or not self.bucket_cap_mb > 0):
+            raise ValueError(f"bucket_cap_mb is a size > 0 for the engine 'ddp' only (ZeRO's bucket sizes are in its "
+                             f"DeepSpeed config), got {self.bucket_cap_mb} for {self.engine!r}")
         if self.device not in ("auto", "cpu"):
             raise ValueError(f"device must be 'auto' or 'cpu', got {self.device!r}")
         check_checkpointing(self.checkpoint_every, self.checkpoint_dir)  # before any process starts
@@ -117,7 +121,7 @@ def make_parallel(spec: RunSpec) -> SingleProcess:
     if spec.engine == "single":
         return one_process(spec)
     if spec.engine == "ddp":
-        return DataParallel(cpu=cpu)
+        return DataParallel(cpu=cpu, bucket_cap_mb=spec.bucket_cap_mb)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if spec.loader["batch_size"] % world:
         raise ValueError(f"loader batch_size {spec.loader['batch_size']} must be divisible by the {world} processes")
@@ -135,7 +139,9 @@ def make_parallel(spec: RunSpec) -> SingleProcess:
     return DeepSpeedZero(ds_cfg, cpu=cpu)
 
 
-def train_run(spec: RunSpec, parallel: SingleProcess | None = None, *, progress: bool = False) -> list[dict[str, float]]:
+def train_run(
+    spec: RunSpec, parallel: SingleProcess | None = None, *, progress: bool = False
+) -> list[dict[str, float]]:
     """Build model, loader and trainer from ``spec`` and train; returns the per-step history.
 
     The same function runs in one process (``parallel`` None: one process on ``spec.device``,
@@ -148,7 +154,9 @@ def train_run(spec: RunSpec, parallel: SingleProcess | None = None, *, progress:
     trainer = Trainer(model, loader, train_config(spec.train), parallel=parallel)
     if spec.resume_from:
         trainer.load(spec.resume_from)
-    trainer.run(spec.stop_after, progress=progress, checkpoint_every=spec.checkpoint_every, checkpoint_dir=spec.checkpoint_dir)
+    trainer.run(
+        spec.stop_after, progress=progress, checkpoint_every=spec.checkpoint_every, checkpoint_dir=spec.checkpoint_dir
+    )
     return trainer.history
 
 
@@ -170,11 +178,12 @@ def main(argv: list[str] | None = None) -> None:
 def worker_failure(output: str) -> str:
     """The workers' own error in torchrun's output, not torchrun's summary of it."""
     lines = output.splitlines()
-    errors = [l for l in lines if re.match(r"^(\[rank\d+\]: )?[\w.]+(Error|Exception): ", l) and "ChildFailedError" not in l]
+    exception = re.compile(r"^(\[rank\d+\]: )?[\w.]+(Error|Exception): ")
+    errors = [line for line in lines if exception.match(line) and "ChildFailedError" not in line]
     if errors:
         return errors[-1]
     # a native crash: the C++ message and faulthandler's Python stack, which come before the summary
-    fatal = [i for i, l in enumerate(lines) if re.search(r"terminate called|what\(\):|Fatal Python error", l)]
+    fatal = [i for i, line in enumerate(lines) if re.search(r"terminate called|what\(\):|Fatal Python error", line)]
     start = fatal[0] if fatal else max(len(lines) - 25, 0)
     return "\n".join(lines[start:start + 40])
 
@@ -190,7 +199,8 @@ def launch(spec: RunSpec, nproc: int, workdir: str | Path, *, timeout_s: float =
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     if spec.engine == "single" and nproc > 1:
-        raise ValueError(f"engine 'single' on {nproc} processes would train {nproc} separate copies; use 'ddp' or a ZeRO engine")
+        raise ValueError(f"engine 'single' on {nproc} processes would train {nproc} separate copies; "
+                         "use 'ddp' or a ZeRO engine")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     history = workdir / "history.json"
@@ -217,7 +227,8 @@ def launch(spec: RunSpec, nproc: int, workdir: str | Path, *, timeout_s: float =
     log = workdir / "launch.log"
     log.write_text(output)
     if proc.returncode != 0:
-        what = f"{nproc}-process run (engine {spec.engine}) failed with exit code {proc.returncode}: {worker_failure(output)}"
+        what = (f"{nproc}-process run (engine {spec.engine}) failed with exit code {proc.returncode}: "
+                f"{worker_failure(output)}")
         if not history.exists():
             raise RuntimeError(f"{what}\n(full output: {log})")
         warnings.warn(f"every rank finished training, then the job crashed while shutting down; the history is "

@@ -25,6 +25,13 @@ ranks, how do I run backward), so the training step is written once:
 On a CPU, collectives go over gloo. ``accelerate`` needs ``cpu=True`` to form a process group there
 (:class:`DataParallel` passes it when no GPU is present), and ``accelerate launch --cpu`` starts a
 single process whatever ``--num_processes`` says: use ``torchrun --nproc_per_node 2``.
+
+A process group the caller created itself (``torch.multiprocessing.spawn`` and
+``torch.distributed.init_process_group``, no launcher) is joined, and left to the caller to destroy.
+DeepSpeed picks such a group up by itself; ``accelerate`` reads the ranks from the launcher's
+environment only, so :class:`DataParallel` writes the group's ranks there first, and refuses to run
+when ``accelerate`` still sees another number of processes than the group has: a rank must never
+train alone in silence.
 """
 
 from __future__ import annotations
@@ -102,6 +109,8 @@ class _Distributed(SingleProcess):
     Outside a launcher (no process group) they act as one process, so an engine also runs in a notebook.
     """
 
+    owns_process_group = True  # False when the caller created the group: close() then leaves it to the caller
+
     def all_reduce_sum(self, value: float) -> float:
         if not torch.distributed.is_initialized():
             return value
@@ -118,7 +127,37 @@ class _Distributed(SingleProcess):
         # connection is still open can make that peer abort (gloo::IoException "Connection closed by peer")
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
+            if self.owns_process_group:
+                torch.distributed.destroy_process_group()
+
+
+def _export_process_group(*, cpu: bool) -> dict[str, str]:
+    """Write the caller's initialised process group into the variables a launcher (``torchrun``) sets.
+
+    ``accelerate`` takes the ranks from ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``, never from the
+    group itself: without them it runs every rank as a single process. Variables already set must
+    agree with the group. ``LOCAL_RANK`` is the rank on a CPU and the current CUDA device on GPUs
+    (call ``torch.cuda.set_device`` first, as for any NCCL job); ``OMP_NUM_THREADS`` keeps this
+    process's thread count, which ``accelerate`` would otherwise reset on a CPU. Returns what it set.
+    """
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if cpu and torch.distributed.get_backend() == "nccl":
+        raise ValueError("the process group uses NCCL, which cannot reduce CPU tensors: create it with gloo "
+                         "or run DataParallel on GPUs (cpu=False)")
+    for name, value in (("RANK", rank), ("WORLD_SIZE", world)):
+        if name in os.environ and int(os.environ[name]) != value:
+            raise ValueError(f"{name}={os.environ[name]} in the environment, but this process is rank {rank} "
+                             f"of a process group of {world}")
+    wanted = {
+        "RANK": rank,
+        "WORLD_SIZE": world,
+        "LOCAL_RANK": rank if cpu else torch.cuda.current_device(),
+        "LOCAL_WORLD_SIZE": world,  # read by accelerate on a CPU only (its multi-node check and thread count)
+        "OMP_NUM_THREADS": torch.get_num_threads(),
+    }
+    exported = {name: str(value) for name, value in wanted.items() if name not in os.environ}
+    os.environ.update(exported)
+    return exported
 
 
 class DataParallel(_Distributed):
@@ -128,16 +167,38 @@ class DataParallel(_Distributed):
     gradients are all-reduced once per optimizer step, not once per micro-batch. DDP expects every
     parameter to get a gradient in every step (the book's mixture of experts runs idle experts on
     zero rows for that reason).
+
+    Started by a launcher (``torchrun``, ``accelerate launch``), ``accelerate`` forms the process
+    group; a group the caller already initialised is joined (its ranks are written where accelerate
+    reads them). Either way every rank of the group trains in this engine, or the constructor raises.
+
+    ``bucket_cap_mb`` is the size of DDP's gradient buckets, each all-reduced as soon as all its
+    gradients exist during backward. ``None`` keeps DDP's default (25 MiB, and a 1 MiB first bucket).
+    Smaller buckets start communicating earlier and overlap more of it with backward; larger ones
+    make fewer, bigger all-reduces, which pays on slow links where each call's latency dominates.
     """
 
-    def __init__(self, *, cpu: bool = False) -> None:
+    def __init__(self, *, cpu: bool = False, bucket_cap_mb: float | None = None) -> None:
         try:
             from accelerate import Accelerator
+            from accelerate.utils import DistributedDataParallelKwargs
         except ImportError as err:
             raise ImportError("DataParallel needs accelerate: pip install 'llmbook[distributed]'") from err
-        self.accelerator = Accelerator(cpu=cpu or not torch.cuda.is_available())
+        if bucket_cap_mb is not None and not bucket_cap_mb > 0:
+            raise ValueError(f"bucket_cap_mb must be > 0 or None (DDP's default), got {bucket_cap_mb}")
+        cpu = cpu or not torch.cuda.is_available()
+        self.owns_process_group = not torch.distributed.is_initialized()
+        if not self.owns_process_group:
+            _export_process_group(cpu=cpu)
+        ddp = [] if bucket_cap_mb is None else [DistributedDataParallelKwargs(bucket_cap_mb=bucket_cap_mb)]
+        self.accelerator = Accelerator(cpu=cpu, kwargs_handlers=ddp)
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
+        group = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if self.world_size != group:  # e.g. accelerate's state was set up in this process before the group
+            raise RuntimeError(f"accelerate runs {self.world_size} process(es) but the process group has {group}: "
+                               "this rank would train without synchronising its gradients. Build DataParallel "
+                               "once per process, after init_process_group, or launch with torchrun")
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
         return self.accelerator.prepare(model, optimizer)
@@ -175,7 +236,8 @@ def deepspeed_config(
     else:
         raise ValueError(f"config must be a dict, a JSON file or one of {ZERO_CONFIGS}, got {config!r}")
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision with DeepSpeed must be 'fp32' or 'bf16' (fp16 loss scaling is DeepSpeed's own), got {precision!r}")
+        raise ValueError(f"precision with DeepSpeed must be 'fp32' or 'bf16' (fp16 loss scaling is DeepSpeed's own), "
+                         f"got {precision!r}")
     run_values = {
         "train_micro_batch_size_per_gpu": micro_batch_per_rank,
         "gradient_accumulation_steps": accum_steps,
@@ -212,9 +274,11 @@ class DeepSpeedZero(_Distributed):
         try:
             import deepspeed
         except ImportError as err:
-            raise ImportError("DeepSpeedZero needs deepspeed: DS_BUILD_OPS=0 pip install 'llmbook[distributed]'") from err
+            hint = "DeepSpeedZero needs deepspeed: DS_BUILD_OPS=0 pip install 'llmbook[distributed]'"
+            raise ImportError(hint) from err
         self._deepspeed = deepspeed
         self.config = config
+        self.owns_process_group = not torch.distributed.is_initialized()  # else DeepSpeed joins the caller's
         deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         self.device = torch.device("cpu")
@@ -226,8 +290,9 @@ class DeepSpeedZero(_Distributed):
     def check_train_config(self, accum_steps: int, grad_clip: float | None) -> None:
         ds_accum, ds_clip = self.config["gradient_accumulation_steps"], self.config["gradient_clipping"]
         if (ds_accum, ds_clip) != (accum_steps, grad_clip or 0.0):
-            raise ValueError(f"the DeepSpeed config has gradient_accumulation_steps={ds_accum}, gradient_clipping={ds_clip} "
-                             f"but the run uses {accum_steps}, {grad_clip}: build it with deepspeed_config(...) from the run")
+            raise ValueError(f"the DeepSpeed config has gradient_accumulation_steps={ds_accum}, "
+                             f"gradient_clipping={ds_clip} but the run uses {accum_steps}, {grad_clip}: "
+                             "build it with deepspeed_config(...) from the run")
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
         self.engine, optimizer, _, _ = self._deepspeed.initialize(model=model, optimizer=optimizer, config=self.config)
