@@ -1,4 +1,4 @@
-"""Data: bundled corpora (and, later, the pretraining-data pipeline: filters, PII, dedup)."""
+"""Data: bundled corpora and the pretraining-data pipeline (filters, PII, dedup, selection, mixing)."""
 
 from llmbook.data.corpora import (
     Document,
