@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 	command -v nvidia-smi >/dev/null 2>&1 || $(BIN)/python -m pip install -q $(CPU_TORCH)
 	# PySpark (the data pipeline's multi-machine path) needs a Java runtime.
 	command -v java >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q openjdk-17-jre-headless)
+	# The browser test of the built site drives Debian's Chromium (never a downloaded browser).
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || (apt-get update -q && apt-get install -y -q chromium chromium-driver)
 	# DS_BUILD_OPS=0: DeepSpeed compiles only the ops a run uses, when it first uses them.
 	# constraints.txt pins every package to the versions CI tested together.
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -c constraints.txt -e ".[book,dev,spark,distributed]"
@@ -28,7 +30,7 @@ book: setup
 
 test: setup
 	$(BIN)/ruff check .
-	LLMBOOK_REQUIRE_SPARK=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	LLMBOOK_REQUIRE_SPARK=1 LLMBOOK_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 bench: setup
 	mkdir -p benchmarks/results

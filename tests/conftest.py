@@ -38,8 +38,8 @@ def repo() -> Path:
 def smoke_book(tmp_path_factory: pytest.TempPathFactory):
     """Every chapter executed with the `smoke` profile into a scratch copy of the site sources.
 
-    Session-scoped and used by tests/test_chapters.py and tests/test_book.py, which share one
-    xdist group, so the chapters run once per test run.
+    Session-scoped and used by tests/test_chapters.py, tests/test_book.py and
+    tests/test_site_browser.py, which share one xdist group, so the chapters run once per test run.
     """
     import shutil
 
@@ -48,12 +48,27 @@ def smoke_book(tmp_path_factory: pytest.TempPathFactory):
     site = tmp_path_factory.mktemp("site")
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO / name, site / name)
-    (site / "book").mkdir()
-    for page in (REPO / "book").glob("*.md"):
-        shutil.copy(page, site / "book" / page.name)
+    # The hand-written pages and their static files (book/_static: the favicon); not book/chapters,
+    # the executed copies of a local `llmbook build`: the chapters are executed below.
+    shutil.copytree(
+        REPO / "book", site / "book", ignore=lambda folder, names: ["chapters"] if Path(folder) == REPO / "book" else []
+    )
     paths = runner.BookPaths(
         chapters_dir=REPO / "chapters", site_root=site, runs_dir=site / "runs", cache_dir=site / ".cache"
     )
     for chapter in runner.discover(paths):
         runner.run_chapter(chapter, profiles.resolve(chapter.name, "smoke"), paths, progress=False)
     return paths
+
+
+@pytest.fixture(scope="session")
+def built_site(smoke_book):
+    """The HTML site rendered once from the executed smoke chapters; its directory (`_build/html`).
+
+    Strict: a Sphinx warning (a broken reference, a missing glue key) fails the build and every test
+    that uses the site. Used by tests/test_book.py and tests/test_site_browser.py (xdist group "book").
+    """
+    from llmbook.book import runner
+
+    runner.render_site(smoke_book, strict=True)
+    return smoke_book.html_dir
