@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmbook.book import artifacts, report
+from llmbook.book import artifacts, plots, report
 from llmbook.book.profiles import ChapterConfig, TorchChapterConfig, require_hardware, resolve
 
 
@@ -25,12 +25,13 @@ def open_chapter(
 ) -> tuple[ChapterConfig, report.Run]:
     """Validate the parameters, check the host has the profile's GPUs, and open the chapter's run.
 
-    Also points the artifact cache at ``cache_dir`` (None: ``$LLMBOOK_CACHE`` or the default) and sets
-    torch's thread count for chapters that run torch.
+    Also points the artifact cache at ``cache_dir`` (None: ``$LLMBOOK_CACHE`` or the default), sets
+    torch's thread count for chapters that run torch, and applies the book's figure style.
     """
     config = resolve(chapter, profile, **(params or {}))
     require_hardware(profile)
     artifacts.use_cache_dir(cache_dir)
+    plots.use_book_style()
     if isinstance(config, TorchChapterConfig):
         config.apply_threads()
     return config, report.start(chapter, config, runs_dir)
