@@ -51,3 +51,13 @@ def test_progress_bar_disabled_prints_nothing(monkeypatch: pytest.MonkeyPatch) -
     for _ in ProgressBar(range(10), disable=True):
         pass
     assert err.getvalue() == ""
+
+
+def test_show_source_is_the_running_code_without_a_machine_path() -> None:
+    from llmbook.book.notebook import show_source
+    from llmbook.tokenization import apply_ranks
+
+    shown = show_source(apply_ranks).data
+    assert shown.startswith("`llmbook/tokenization/bpe.py`, lines ")
+    assert "def apply_ranks(" in shown and "```python" in shown
+    assert "/work/" not in shown and "site-packages" not in shown and "src/lib" not in shown
