@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from conftest import write_notebook
@@ -46,6 +47,9 @@ def test_run_records_metrics_then_skips_when_fresh(book: runner.BookPaths) -> No
     assert runner.state(chapter, config, book) == "never run"
     first = runner.run_chapter(chapter, config, book, progress=False)
     assert first.executed and first.output.exists()
+    injected = [c for c in nbformat.read(first.output, as_version=4).cells
+                if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "hide-input" in injected[0].metadata.tags  # folded on the page
     assert report.load_metrics("toy", "smoke", book.runs_dir) == {"answer": 42}
     assert runner.state(chapter, config, book) == "fresh"
     second = runner.run_chapter(chapter, config, book, progress=False)

@@ -9,6 +9,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# Sizes for a figure shown at the width of the book's text column: a two-panel figure is about 11 in wide
+# and is scaled down to the column, so labels and legends start large enough to stay readable there.
+BOOK_STYLE = {
+    "figure.figsize": (7.0, 4.2),
+    "font.size": 12,
+    "axes.titlesize": 12,
+    "axes.labelsize": 12,
+    "legend.fontsize": 10,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "svg.fonttype": "none",  # text stays text in the SVG: crisp at any zoom, and searchable
+}
+
+
+def use_book_style() -> None:
+    """Apply :data:`BOOK_STYLE` and have notebooks embed figures as SVG (sharp at every width)."""
+    import matplotlib as mpl
+    from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+    mpl.rcParams.update(BOOK_STYLE)
+    set_matplotlib_formats("svg")
+
 
 def lines(
     data: Any,
@@ -27,7 +51,7 @@ def lines(
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 4.0))
+        _, ax = plt.subplots()
     styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]  # lines that coincide stay visible
     for index, (name, group) in enumerate(data.groupby(hue, sort=False)):
         group = group.sort_values(x)
@@ -35,13 +59,11 @@ def lines(
         ax.plot(group[x], group[y], marker=marker, linestyle=linestyle, label=str(name), alpha=0.85)
     for name, value in (reference_lines or {}).items():
         ax.axhline(value, linestyle="--", linewidth=1, color="gray")
-        ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8,
-                    color="gray")
+        ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), ha="right", va="bottom", color="gray")
     if logx:
         ax.set_xscale("log", base=2)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
     return ax
 
 
@@ -50,10 +72,9 @@ def bars(data: Mapping[str, float], *, xlabel: str, ylabel: str, title: str, ax:
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 3.6))
+        _, ax = plt.subplots()
     names, values = list(data), list(data.values())
     drawn = ax.bar(names, values, color="tab:blue")
-    ax.bar_label(drawn, fmt="%.3g", fontsize=8)
+    ax.bar_label(drawn, fmt="%.3g")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(axis="y", alpha=0.3)
     return ax

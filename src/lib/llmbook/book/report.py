@@ -31,8 +31,11 @@ class Run:
     def path(self) -> Path:
         return Path(self.runs_dir).resolve() / self.chapter / self.profile / "metrics.json"
 
-    def record(self, name: str, value: Any, *, glue: bool = True) -> Any:
-        """Store `value` under `name`, glue it for the prose, rewrite metrics.json; return `value`."""
+    def record(self, name: str, value: Any, *, glue: bool = True) -> None:
+        """Store `value` under `name`, glue it for the prose, rewrite metrics.json.
+
+        Returns nothing, so a cell that ends with a record shows no stray echoed value.
+        """
         if not name.isidentifier():
             raise ValueError(f"metric name {name!r} must be an identifier (letters, digits, _)")
         value = _plain(value)
@@ -40,7 +43,6 @@ class Run:
         if glue:
             _glue(name, value)
         self.save()
-        return value
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,11 +63,11 @@ def start(chapter: str, config: ChapterConfig, runs_dir: str | Path = DEFAULT_RU
     return _active
 
 
-def record(name: str, value: Any, *, glue: bool = True) -> Any:
+def record(name: str, value: Any, *, glue: bool = True) -> None:
     """Record a number of the active run (see `start`) and glue it for the prose."""
     if _active is None:
         raise RuntimeError("no active run: call llmbook.book.report.start(chapter, config) first")
-    return _active.record(name, value, glue=glue)
+    _active.record(name, value, glue=glue)
 
 
 def load_metrics(chapter: str, profile: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict[str, Any]:

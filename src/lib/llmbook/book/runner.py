@@ -171,8 +171,6 @@ def run_chapter(
     env = {
         # Figures go into the notebook, whatever backend the caller's environment names.
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-        # A progress bar redraws as a new output line in a saved notebook: at most one a minute.
-        "TQDM_MININTERVAL": "60",
     }
     try:
         with _environment(env):
@@ -192,6 +190,7 @@ def run_chapter(
     except Exception as error:  # the kernel did not start or died
         _save_last_run(chapter, paths, {**record, "status": "failed", "error": repr(error)})
         raise ChapterFailed(chapter.name, None, f"{type(error).__name__}: {error}") from error
+    _fold_parameters(output)
     seconds = time.perf_counter() - started
     _save_last_run(chapter, paths, {**record, "status": "ok", "seconds": round(seconds, 2)})
     return Outcome(chapter=chapter.name, executed=True, output=output, seconds=seconds)
@@ -217,6 +216,18 @@ def _source_cell(chapter: Chapter, failed_source: str) -> int | None:
         if cell.cell_type == "code" and cell.source == failed_source:
             return position
     return None
+
+
+def _fold_parameters(executed: Path) -> None:
+    """Fold the parameter cell papermill injects: the chapter shows its resolved config as a table anyway."""
+    import nbformat  # lazily, as papermill: the CLI's other commands never read notebooks
+
+    notebook = nbformat.read(executed, as_version=4)
+    for cell in notebook.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            tags.append("hide-input")
+    nbformat.write(notebook, executed)
 
 
 def _save_last_run(chapter: Chapter, paths: BookPaths, record: dict[str, Any]) -> None:

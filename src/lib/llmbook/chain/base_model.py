@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from llmbook.book import artifacts
 from llmbook.book.profiles import PretrainingConfig, resolve
 from llmbook.chain.corpus import pretraining_corpus, tokenizer_for
 from llmbook.model import DecoderLM, ModelConfig, save_pretrained
+from llmbook.progress import ProgressBar
 from llmbook.training.data import LoaderConfig, PackedLoader, eval_windows
 from llmbook.training.loop import EvalResult, TrainConfig, Trainer, evaluate
 from llmbook.training.optim import param_groups
@@ -116,7 +116,7 @@ def train_base_model(cfg: PretrainingConfig, split: CorpusSplit, *, progress: bo
     final = validate(0)
     bar = None
     if progress:
-        bar = tqdm(total=cfg.steps, desc="pretrain", unit="step")
+        bar = ProgressBar(total=cfg.steps, desc="pretrain", unit="step")
     while trainer.step < cfg.steps:
         rows = trainer.run(until_step=min(trainer.step + cfg.eval_every, cfg.steps))
         final = validate(trainer.step)

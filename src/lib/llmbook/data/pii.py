@@ -151,6 +151,44 @@ def mask_pii(text: str, types: Iterable[str] = PII_TYPES) -> tuple[str, Counter]
     return "".join(out), Counter(s.type for s in spans)
 
 
+MASK_RE = re.compile(r"<(" + "|".join(PII_TYPES) + r")>")  # the tags :func:`mask_pii` writes, e.g. ``<EMAIL>``
+
+
+def first_mask(masked: str, original: str) -> tuple[re.Match, Span] | None:
+    """The first tag in ``masked`` and the span of ``original`` it replaced; None when ``masked`` has no tag.
+
+    ``masked`` is ``mask_pii(original)[0]``, possibly with whole lines removed since (a pipeline's
+    repeated-line removal can drop a line that masking made identical to lines of other documents).
+    The tag is matched to its span through the line it sits in.
+    """
+    tag = MASK_RE.search(masked)
+    if tag is None:
+        return None
+    line_start = masked.rfind("\n", 0, tag.start()) + 1
+    line_end = masked.find("\n", tag.end())
+    line = masked[line_start : line_end if line_end >= 0 else len(masked)]
+    full = mask_pii(original)[0]
+    at = full.find(line)
+    if at < 0:
+        raise ValueError("masked is not mask_pii(original) with whole lines removed: a masked line is missing")
+    tags = [m.start() for m in MASK_RE.finditer(full)]
+    return tag, find_pii(original)[tags.index(at + tag.start() - line_start)]
+
+
+def window(text: str, start: int, end: int, width: int = 40) -> str:
+    """``text[start:end]`` with up to ``width`` characters either side, ``…`` where the text is cut.
+
+    For showing one detected span or one mask in context, e.g. ``window(t, m.start(), m.end())``
+    for ``m = MASK_RE.search(t)``.
+    """
+    if not 0 <= start <= end <= len(text):
+        raise ValueError(f"need 0 <= start <= end <= len(text), got {start}, {end}, {len(text)}")
+    if width < 0:
+        raise ValueError(f"width must be >= 0, got {width}")
+    lo, hi = max(0, start - width), min(len(text), end + width)
+    return ("…" if lo > 0 else "") + text[lo:hi] + ("…" if hi < len(text) else "")
+
+
 def pii_stage(max_pii_frac: float = 0.5, name: str = "pii") -> Stage:
     """Mask PII (counts go to ``meta["pii"]``); drop documents whose text is mostly PII as ``"mostly_pii"``."""
 

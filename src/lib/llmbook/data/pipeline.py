@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmbook.progress import ProgressBar
+
 Doc = dict[str, Any]
 StageFn = Callable[[Doc], "Doc | str"]
 CorpusFn = Callable[[list[Doc]], tuple[list[Doc], list[tuple[str, str]]]]
@@ -163,9 +165,7 @@ def run_pipeline(
     def source() -> Iterator[Doc]:
         it: Iterable[Any] = docs
         if progress:
-            from tqdm import tqdm
-
-            it = tqdm(docs, desc="pipeline", unit="doc")
+            it = ProgressBar(docs, desc="pipeline", unit="doc")
         for d in it:
             counter["n"] += 1
             yield _check_doc(d)

@@ -31,7 +31,7 @@ from itertools import chain
 from pathlib import Path
 from typing import TypeVar
 
-from tqdm import tqdm  # text bars: no widget dependency, clean in saved notebooks
+from llmbook.progress import ProgressBar
 
 from .pretokenize import GPT2_PATTERN, compile_pattern, count_words, encode_with_specials
 from .serialization import read_tokenizer_json, write_tokenizer_json
@@ -169,7 +169,7 @@ def train_merges(
     heapq.heapify(heap)
     known = set(pieces)
     merges: list[tuple[int, int]] = []
-    bar = tqdm(total=num_merges, desc="BPE merges", disable=not progress)
+    bar = ProgressBar(total=num_merges, desc="BPE merges", disable=not progress)
     while len(merges) < num_merges and heap:
         neg, pair = heapq.heappop(heap)
         c = counts.get(pair, 0)

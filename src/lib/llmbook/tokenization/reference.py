@@ -8,9 +8,15 @@ same pre-tokenization where the library allows it, so compression and speed comp
 from __future__ import annotations
 
 import io
+import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from llmbook.tokenization.bpe import ByteBPETokenizer, encode_bytes, visible_to_bytes
+from llmbook.tokenization.pretokenize import count_words
 
 R = TypeVar("R")
 
@@ -102,3 +108,49 @@ def train_sentencepiece(text: str, vocab_size: int, model_type: str = "unigram")
             ) from None
         raise
     return spm.SentencePieceProcessor(model_proto=model.getvalue())
+
+
+def hf_byte_merges(tokenizer: Any) -> list[tuple[bytes, bytes]]:
+    """The merges of an HF byte-level BPE ``tokenizers.Tokenizer`` as (left bytes, right bytes), in rank order."""
+    merges = json.loads(tokenizer.to_str())["model"]["merges"]
+    pairs = (m.split(" ") if isinstance(m, str) else m for m in merges)  # tokenizers < 0.20 wrote "a b"
+    return [(visible_to_bytes(a), visible_to_bytes(b)) for a, b in pairs]
+
+
+@dataclass(frozen=True)
+class MergeDifference:
+    """Where two byte-level BPE merge lists first part: the pair each merged there and how often it occurs."""
+
+    rank: int  # merges both lists share before they part
+    ours: tuple[bytes, bytes]
+    theirs: tuple[bytes, bytes]
+    ours_count: int  # occurrences in the training text, segmented by the `rank` shared merges
+    theirs_count: int
+
+    @property
+    def tie(self) -> bool:
+        """Both pairs occur equally often: the lists part where each trainer breaks a tie its own way."""
+        return self.ours_count == self.theirs_count
+
+
+def first_merge_difference(
+    ours: ByteBPETokenizer, theirs: Sequence[tuple[bytes, bytes]], text: str, special_tokens: Iterable[str] = ()
+) -> MergeDifference | None:
+    """The first rank where ``theirs`` merges another pair than ``ours`` (trained on ``text``); None if they never part.
+
+    Both pairs are counted as the trainers count them: adjacent pairs in each distinct pre-token,
+    weighted by its frequency, after the merges the two lists share (ours' pattern and special tokens).
+    """
+    mine = [(ours.token_bytes(a), ours.token_bytes(b)) for a, b in ours.merges]
+    rank = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), None)
+    if rank is None:
+        return None
+    shared = {bytes([i]): i for i in range(256)}
+    shared.update({a + b: 256 + i for i, (a, b) in enumerate(mine[:rank])})
+    piece = {i: b for b, i in shared.items()}
+    counts: Counter[tuple[bytes, bytes]] = Counter()
+    for word, freq in count_words(text, ours.pattern, special_tokens).items():
+        parts = [piece[i] for i in encode_bytes(word.encode("utf-8"), shared)]
+        for pair in zip(parts, parts[1:]):
+            counts[pair] += freq
+    return MergeDifference(rank, mine[rank], tuple(theirs[rank]), counts[mine[rank]], counts[tuple(theirs[rank])])

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm  # text bars: no widget dependency, clean in saved notebooks
+from llmbook.progress import ProgressBar
 
 from .pretokenize import compile_pattern, count_words, iter_texts, split_special
 from .serialization import read_tokenizer_json, write_tokenizer_json
@@ -252,7 +252,7 @@ def train_unigram(
     logp = _normalize(counts)
     del sub, top
 
-    bar = tqdm(desc="Unigram pruning", disable=not progress)
+    bar = ProgressBar(desc="Unigram pruning", disable=not progress)
     while True:
         # 2. EM
         for _ in range(cfg.em_iterations):

@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tqdm import tqdm  # text bars: no widget dependency, clean in saved notebooks
+from llmbook.progress import ProgressBar
 
 from .bpe import merge_pair
 from .pretokenize import BERT_PATTERN, compile_pattern, count_words, encode_with_specials
@@ -153,7 +153,7 @@ def train_wordpiece(
     heap = [(-score(p), p) for p in pair_count]
     heapq.heapify(heap)
     known = set(vocab)
-    bar = tqdm(total=vocab_size - len(vocab), desc="WordPiece merges", disable=not progress)
+    bar = ProgressBar(total=vocab_size - len(vocab), desc="WordPiece merges", disable=not progress)
     while len(vocab) < vocab_size and heap:
         neg, pair = heapq.heappop(heap)
         if pair_count.get(pair, 0) <= 0 or -neg != score(pair):

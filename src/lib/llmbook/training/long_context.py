@@ -8,7 +8,8 @@
   model can be evaluated before and after a short fine-tune.
 - Passkey retrieval (Mohtashami & Jaggi 2023, arXiv:2305.16300): a random number hidden in filler
   text must be reproduced at the end; accuracy against total length tests whether attention can
-  *use* distant positions, which perplexity on natural text hardly requires.
+  *use* distant positions, which perplexity on natural text hardly requires. Decoy prompts, whose
+  stated key is not the answer, measure what a model scores by guessing digits alone.
 
 Perplexity here is ``exp`` of :func:`llmbook.training.loop.evaluate` over
 :func:`llmbook.training.data.disjoint_windows`: every window is scored from its own start, so the
@@ -74,15 +75,21 @@ def _answer(tokenizer: Tokenizer, key: str) -> list[int]:
 
 
 def passkey_example(
-    tokenizer: Tokenizer, length: int, *, n_digits: int = 4, depth: float | None = None, rng: random.Random
+    tokenizer: Tokenizer, length: int, *, n_digits: int = 4, depth: float | None = None, rng: random.Random,
+    decoy: bool = False,
 ) -> tuple[list[int], int, int]:
     """One passkey prompt of exactly ``length`` tokens: (ids, answer_start, answer_len).
 
     The key sentence sits at relative ``depth`` (random when None) inside repeated filler; the
-    prompt ends with the question and the key's digits, which are the answer tokens.
+    prompt ends with the question and the key's digits, which are the answer tokens. With ``decoy``
+    the key sentence states another random key than the answer: the control prompt, which only a
+    model that guesses digits (rather than reading the key) scores as well on.
     """
     key = "".join(rng.choice("0123456789") for _ in range(n_digits))
-    key_ids = tokenizer.encode(KEY_TEMPLATE.format(key=key))
+    stated = key
+    while decoy and stated == key:  # drawn after the key, so decoy=False prompts are unchanged
+        stated = "".join(rng.choice("0123456789") for _ in range(n_digits))
+    key_ids = tokenizer.encode(KEY_TEMPLATE.format(key=stated))
     question = tokenizer.encode(QUESTION)
     answer = _answer(tokenizer, key)
     filler_unit = tokenizer.encode(FILLER)
@@ -137,15 +144,16 @@ def passkey_training_batches(
 @torch.no_grad()
 def passkey_accuracy(
     model: nn.Module, tokenizer: Tokenizer, length: int, *, trials: int, n_digits: int = 4, seed: int = 0,
-    batch_size: int = 8,
+    batch_size: int = 8, decoy: bool = False,
 ) -> dict[str, float]:
     """Greedy (teacher-forced) retrieval: share of prompts whose every key token is the argmax, and per token.
 
     Returns ``{"key": exact-key accuracy, "token": accuracy per answer token}``. The model runs in
-    eval mode and gets its mode back.
+    eval mode and gets its mode back. ``decoy=True`` scores the control prompts (the stated key is
+    not the answer, see :func:`passkey_example`): what a model gets right without reading the key.
     """
     rng = random.Random(seed)
-    examples = [passkey_example(tokenizer, length, n_digits=n_digits, depth=(i + 0.5) / trials, rng=rng)
+    examples = [passkey_example(tokenizer, length, n_digits=n_digits, depth=(i + 0.5) / trials, rng=rng, decoy=decoy)
                 for i in range(trials)]
     device = next(model.parameters()).device
     exact, digits, total = 0, 0, 0

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from llmbook.model.modes import eval_mode
+from llmbook.progress import ProgressBar
 from llmbook.training.checkpoint import load_checkpoint, read_state, save_checkpoint
 from llmbook.training.optim import AdamW, clip_grad_norm, global_grad_norm, param_groups
 from llmbook.training.parallel import SingleProcess
@@ -261,7 +261,7 @@ class Trainer:
         rows = []
         bar = None
         if progress and self.parallel.rank == 0:
-            bar = tqdm(total=until, initial=self.step, desc=desc, unit="step")  # tqdm shows the ETA
+            bar = ProgressBar(total=until, initial=self.step, desc=desc, unit="step")  # tqdm shows the ETA
         while self.step < until:
             row = self.train_step()
             rows.append(row)

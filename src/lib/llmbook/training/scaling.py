@@ -13,6 +13,13 @@ finite data. The fit minimises the Huber loss (delta = 1e-3) of the residuals in
 with L-BFGS, started from the best points of a grid (the paper starts from every grid point; we
 score the whole grid in one vectorised pass and refine the best few, which finds the same minimum).
 
+A sweep does not always pin ``E`` down. ``E`` and the data term ``B / D^beta`` both lower the loss at
+every budget; only how the gap between budgets shrinks tells them apart, and with two budgets it
+cannot: any ``E`` below the fitted loss floor fits exactly as well, with ``B`` and ``beta`` adjusted.
+:func:`profile_E` refits with ``E`` held at each of several values (``FitConfig.fixed_E``), so a
+reader can see which values of ``E`` (and so of ``beta`` and of the compute-optimal split) the data
+allow.
+
 With the training-compute approximation ``C = 6 N D`` (Kaplan et al. 2020, arXiv:2001.08361), the
 loss-minimising split of a budget ``C`` is, in closed form::
 
@@ -22,6 +29,7 @@ loss-minimising split of a budget ``C`` is, in closed form::
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -67,6 +75,7 @@ class FitConfig:
     bounds: dict[str, tuple[float, float]] = field(  # exponents stay positive (a finite optimum)
         default_factory=lambda: {"alpha": (0.01, 3.0), "beta": (0.01, 3.0)}
     )
+    fixed_E: float | None = None  # hold E at this value and fit the other four (see profile_E); None: fit E
 
 
 def predict(fit: ScalingFit, N: np.ndarray | float, D: np.ndarray | float) -> np.ndarray | float:
@@ -109,8 +118,14 @@ def fit_scaling_law(N: np.ndarray, D: np.ndarray, L: np.ndarray, cfg: FitConfig 
     """Fit ``L(N, D) = E + A / N^alpha + B / D^beta`` by Huber loss on ``log L`` (Hoffmann et al., arXiv:2203.15556).
 
     ``N`` parameters, ``D`` training tokens, ``L`` final loss in nats per token: one entry per run.
+    With ``cfg.fixed_E`` set, ``E`` is held there and the other four parameters are fitted.
     """
     cfg = cfg or FitConfig()
+    return _fit(*_logs(N, D, L, cfg), cfg)
+
+
+def _logs(N: np.ndarray, D: np.ndarray, L: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``log N, log D, log L`` after checking the runs and ``cfg``."""
     N, D, L = (np.asarray(x, dtype=float).ravel() for x in (N, D, L))
     if not len(N) == len(D) == len(L):
         raise ValueError(f"N, D and L must have the same length, got {len(N)}, {len(D)}, {len(L)}")
@@ -120,15 +135,27 @@ def fit_scaling_law(N: np.ndarray, D: np.ndarray, L: np.ndarray, cfg: FitConfig 
         raise ValueError("N, D and L must all be positive")
     if cfg.n_refine < 1:
         raise ValueError(f"cfg.n_refine must be >= 1, got {cfg.n_refine}")
-    log_n, log_d, log_l = np.log(N), np.log(D), np.log(L)
+    if cfg.fixed_E is not None and not cfg.fixed_E > 0:
+        raise ValueError(f"cfg.fixed_E must be positive (or None), got {cfg.fixed_E}")
+    return np.log(N), np.log(D), np.log(L)
+
+
+def _fit(log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, cfg: FitConfig,
+         extra_starts: tuple[ScalingFit, ...] = ()) -> ScalingFit:
+    """:func:`fit_scaling_law` on validated logs; ``extra_starts`` are refined besides the best grid points."""
+    e_grid = cfg.e_grid if cfg.fixed_E is None else (math.log(cfg.fixed_E),)
     grid = np.array(
-        list(itertools.product(cfg.a_grid, cfg.alpha_grid, cfg.b_grid, cfg.beta_grid, cfg.e_grid))
+        list(itertools.product(cfg.a_grid, cfg.alpha_grid, cfg.b_grid, cfg.beta_grid, e_grid))
     )  # (P, 5)
     scores = _objective(grid, log_n, log_d, log_l, cfg.huber_delta)[0]
-    starts = grid[np.argsort(scores)[: cfg.n_refine]]
+    starts = list(grid[np.argsort(scores)[: cfg.n_refine]])
+    for f in extra_starts:  # e.g. the fit at a neighbouring fixed E: keeps a profile on one branch
+        starts.append(np.array([math.log(f.A), f.alpha, math.log(f.B), f.beta, e_grid[0] if cfg.fixed_E else
+                                math.log(f.E)]))
     lo_a, hi_a = cfg.bounds["alpha"]
     lo_b, hi_b = cfg.bounds["beta"]
-    bounds = [(None, None), (lo_a, hi_a), (None, None), (lo_b, hi_b), (None, None)]
+    e_bounds = (None, None) if cfg.fixed_E is None else (e_grid[0], e_grid[0])
+    bounds = [(None, None), (lo_a, hi_a), (None, None), (lo_b, hi_b), e_bounds]
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
         value, grad = _objective(x[None], log_n, log_d, log_l, cfg.huber_delta)
@@ -137,12 +164,42 @@ def fit_scaling_law(N: np.ndarray, D: np.ndarray, L: np.ndarray, cfg: FitConfig 
     best = None
     for x0 in starts:
         options = {"maxiter": cfg.max_iter, "ftol": 1e-15, "gtol": 1e-12}  # residuals are ~1e-3: tight tolerances
+        x0 = np.clip(x0, [lo if lo is not None else -np.inf for lo, _ in bounds],
+                     [hi if hi is not None else np.inf for _, hi in bounds])
         res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
         if best is None or res.fun < best.fun:
             best = res
     a, alpha, b, beta, e = best.x
     return ScalingFit(E=math.exp(e), A=math.exp(a), alpha=float(alpha), B=math.exp(b), beta=float(beta),
                       objective=float(best.fun))
+
+
+def profile_E(N: np.ndarray, D: np.ndarray, L: np.ndarray, E_values: np.ndarray,
+              cfg: FitConfig | None = None) -> list[ScalingFit]:
+    """The best fit with ``E`` held at each of ``E_values``: the profile of the objective over ``E``.
+
+    Where the profile is flat the sweep does not identify ``E`` (nor, with it, ``B``, ``beta`` and the
+    compute-optimal split). The profile is followed outwards from the free fit: each value is
+    started, besides the best grid points, from the optimum at its neighbour nearer the free fit's
+    ``E`` (the first ones from the free fit itself), so it stays on the best branch instead of
+    stopping in a poorer local minimum. Returns one :class:`ScalingFit` per value, in the order given.
+    """
+    cfg = cfg or FitConfig()
+    E_values = np.asarray(E_values, dtype=float).ravel()
+    if len(E_values) == 0 or not (E_values > 0).all():
+        raise ValueError("E_values must be a non-empty array of positive values")
+    logs = _logs(N, D, L, cfg)
+    free = _fit(*logs, dataclasses.replace(cfg, fixed_E=None))
+    order = np.argsort(E_values)
+    below = [int(i) for i in order[::-1] if E_values[i] < free.E]  # walking down from the free fit
+    above = [int(i) for i in order if E_values[i] >= free.E]  # walking up from it
+    fits: dict[int, ScalingFit] = {}
+    for chain in (below, above):
+        previous = free
+        for i in chain:
+            fits[i] = _fit(*logs, dataclasses.replace(cfg, fixed_E=float(E_values[i])), (previous,))
+            previous = fits[i]
+    return [fits[i] for i in range(len(E_values))]
 
 
 def compute_optimal(C: np.ndarray | float, fit: ScalingFit) -> tuple[np.ndarray | float, np.ndarray | float]:
