@@ -117,7 +117,8 @@ def test_landing_and_setup_pages_say_how_to_get_the_code(html_dir: Path, page: s
 
 def test_setup_page_shows_papermill_with_params(html_dir: Path) -> None:
     text = visible_text(html_dir / "book" / "setup.html")
-    assert "papermill chapters/02_attention.ipynb out.ipynb -p profile smoke -y 'params: {steps: 20}'" in text
+    assert "papermill chapters/02_attention.ipynb out.ipynb" in text
+    assert "-p profile smoke -y 'params: {steps: 20}'" in text
     assert "-c constraints.txt" in text
 
 
