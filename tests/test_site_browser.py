@@ -49,6 +49,9 @@ SEARCH_TIMEOUT_S = 15
 HTTP_REQUEST_TIMEOUT_S = 10  # the test server drops a connection idle for longer
 
 MAX_OUTPUT_LINES = 40  # a longer output block is a log dump, not something a reader reads
+# A chapter is prose, results and the lesson's code; bookkeeping folds away (hide-input). Open code
+# took 31-40 % of each chapter's height before it did.
+MAX_CODE_SHARE = 0.25
 WARNING_MARKERS = ("Warning", "WARNING", "warnings.warn", "TqdmWarning")
 MACHINE_PATH_MARKERS = ("/work/", "/home/", "/tmp/", "/root/", "site-packages", ".venv")
 WIDTH_SLACK_PX = 2  # sub-pixel rounding
@@ -227,6 +230,9 @@ const where = (el) => {
   }));
 
   const article = document.querySelector("article.bd-article") || document.body;
+  const height = (el) => el.getBoundingClientRect().height;
+  facts.code_share = Array.from(article.querySelectorAll("div.cell_input"))
+    .reduce((sum, el) => sum + height(el), 0) / Math.max(1, height(article));
   facts.pre_count = article.querySelectorAll("pre").length;
   facts.wide = Array.from(article.querySelectorAll("pre"))
     .filter((pre) => pre.scrollWidth > pre.clientWidth + slack)
@@ -334,6 +340,14 @@ def test_page_code_fits_the_column(page: tuple[str, dict]) -> None:
     name, facts = page
     wide = [_snip(w) for w in facts["wide"]]
     assert not wide, _report(name, f"code blocks wider than the column ({facts['pre_count']} <pre>)", wide)
+
+
+def test_page_code_share(page: tuple[str, dict]) -> None:
+    name, facts = page
+    assert facts["code_share"] <= MAX_CODE_SHARE, (
+        f"{name}: open code cells take {facts['code_share']:.0%} of the page's height (at most "
+        f"{MAX_CODE_SHARE:.0%}): fold code that is not the lesson (tag hide-input)"
+    )
 
 
 def _search_term(title: str) -> str:
