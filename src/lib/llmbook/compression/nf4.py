@@ -323,6 +323,22 @@ def reconstruction_error(
 _SCALE_BUFFERS = ("absmax", "absmax_scale", "absmax_offset")
 
 
+class _Matmul4bit(torch.autograd.Function):
+    """y = x Wᵀ + b with W dequantised in forward and again in backward, never saved for backward:
+    a saved dense copy of every layer's weight would undo the 4-bit storage (bitsandbytes' MatMul4Bit
+    does the same). The codes are frozen, so only x (and b) get gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: Nf4Linear, bias: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+        ctx.layer = layer
+        return F.linear(x, layer.weight_dequantized().to(x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        weight = ctx.layer.weight_dequantized().to(grad_out.dtype)  # (out, in)
+        return grad_out @ weight, None, None
+
+
 class Nf4Linear(nn.Module):
     """A frozen linear layer whose weight is stored 4-bit (QLoRA's base layer); no trainable parameters.
 
@@ -371,7 +387,7 @@ class Nf4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.weight_dequantized().to(x.dtype), bias)
+        return _Matmul4bit.apply(x, self, bias)
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         # Module.to(dtype) casts every floating buffer; the scales travel as their int32 bits (device moves only).

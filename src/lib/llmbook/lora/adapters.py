@@ -233,10 +233,12 @@ class AdaptedLinear(nn.Module):
             self._row_factor = None if magnitude is None else magnitude / adapter._row_norm(weight.float())
             if hasattr(base, "weight_dequantized"):  # quantised: re-quantise W + ΔW, keep the old layer
                 dense = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
-                dense.weight.data = target
+                dense.weight.data = target.to(weight.dtype)
                 if base.bias is not None:
-                    dense.bias.data = base.bias.detach().float()
-                self._unmerged_base, self.base_layer = base, type(base).from_linear(dense)
+                    dense.bias.data = base.bias.detach().clone()
+                requantized = type(base).from_linear(dense, code=base.code, blocksize=base.blocksize,
+                                                     double_quant=base.absmax_codes is not None)
+                self._unmerged_base, self.base_layer = base, requantized
                 error = (base_weight(self.base_layer).float() - target).abs().max().item()
             else:
                 base.weight.data = target.to(weight.dtype)

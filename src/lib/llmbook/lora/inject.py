@@ -47,6 +47,8 @@ def add_adapter(model: nn.Module, config: AdapterConfig, name: str = "default") 
 
     Layers are visited in ``named_modules`` order, as peft does, so the same seed draws the same weights.
     """
+    if not name or "." in name:
+        raise ValueError(f"adapter name {name!r} must be non-empty and without '.' (it becomes a module name)")
     layers = target_layers(model, config.targets)
     # Every check before the first change: a refused adapter leaves the model as it was.
     if any(name in getattr(layer, "adapters", {}) for layer in layers.values()):

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llmbook.training.memory import measured_state_bytes
+
 ADAM_STATE_BYTES = 8  # two fp32 moments per trainable parameter
 NF4_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8  # 4-bit codes + double-quantised absmax per parameter
 
@@ -38,17 +40,14 @@ class MemoryBreakdown:
         return self.weights + self.gradients + self.optimizer + self.activations
 
 
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
 def measure_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[nn.Module], torch.Tensor]
                  ) -> MemoryBreakdown:
     """Run one optimizer step and count the bytes of every tensor it holds, by kind.
 
-    Weights are the model's parameters and buffers (4-bit codes included); activations are the
-    distinct storages autograd saved for backward, less those that are weights. On a CPU the
-    allocator keeps no peak counter, so this counts tensors instead; on a GPU compare with
+    Weights are the model's parameters and buffers (a 4-bit base's codes and scales are buffers);
+    gradients and optimizer state as :func:`llmbook.training.memory.measured_state_bytes` counts them;
+    activations are the distinct storages autograd saved for backward, less the weights. On a CPU the
+    allocator keeps no peak counter, so this counts tensors; on a GPU compare with
     ``torch.cuda.max_memory_allocated``.
     """
     weight_storages = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
@@ -66,11 +65,10 @@ def measure_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
         loss = loss_fn(model)
     loss.backward()
     optimizer.step()
-    weights = sum(_nbytes(t) for t in model.parameters()) + sum(_nbytes(t) for t in model.buffers())
-    gradients = sum(_nbytes(p.grad) for p in model.parameters() if p.grad is not None)
-    state = sum(_nbytes(v) for s in optimizer.state.values() for v in s.values()
-                if torch.is_tensor(v) and v.numel() > 1)  # moments, not Adam's scalar step counter
-    return MemoryBreakdown(weights=weights, gradients=gradients, optimizer=state, activations=sum(saved.values()))
+    states = measured_state_bytes(model, optimizer)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return MemoryBreakdown(weights=states["params"] + buffers, gradients=states["grads"],
+                           optimizer=states["optimizer"], activations=sum(saved.values()))
 
 
 def training_state_bytes(n_total: int, n_trainable: int, *, weight_bytes: float, grad_bytes: float | None = None,

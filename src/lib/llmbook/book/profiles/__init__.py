@@ -18,6 +18,7 @@ from llmbook.book.profiles.base import (
     TorchChapterConfig,
     per_profile,
 )
+from llmbook.book.profiles.lora import LoraChapterConfig
 from llmbook.book.profiles.pretraining import PretrainingConfig
 from llmbook.book.profiles.pretraining_data import PretrainingDataConfig
 from llmbook.book.profiles.tokenization import TokenizationConfig
@@ -42,6 +43,7 @@ CHAPTER_CONFIGS: dict[str, type[ChapterConfig]] = {
     "attention": AttentionChapterConfig,
     "pretraining_data": PretrainingDataConfig,
     "pretraining": PretrainingConfig,
+    "lora": LoraChapterConfig,
 }
 
 
