@@ -116,16 +116,16 @@ def load_pretrained(
     ``kwargs`` go to ``from_pretrained`` (e.g. ``quantization_config`` for bitsandbytes,
     ``attn_implementation``). The model is returned in eval mode.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = pretrained_path(model)
     with _quiet_transformers({"HF_HUB_OFFLINE": "1"} if model in (None, SMOLLM2) else {}):
+        total = AutoConfig.from_pretrained(path).num_hidden_layers
+        if layers is not None and not 1 <= layers <= total:  # checked before loading: a load takes seconds
+            raise ValueError(f"layers={layers}: this model has {total} decoder blocks")
         tokenizer = AutoTokenizer.from_pretrained(path)
         loaded = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     if layers is not None:
-        total = loaded.config.num_hidden_layers
-        if not 1 <= layers <= total:
-            raise ValueError(f"layers={layers}: this model has {total} decoder blocks")
         loaded.model.layers = loaded.model.layers[:layers]
         loaded.config.num_hidden_layers = layers
     if "device_map" not in kwargs and "quantization_config" not in kwargs:

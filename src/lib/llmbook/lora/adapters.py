@@ -108,7 +108,7 @@ class LoraAdapter(nn.Module):
         self.lora_B = nn.Parameter(b.to(weight.device, weight.dtype))
         self.lora_magnitude_vector = None
         if config.dora:  # m starts at the row norms, so W' = W at step 0
-            self.lora_magnitude_vector = nn.Parameter(self._row_norm(weight).detach().clone())
+            self.lora_magnitude_vector = nn.Parameter(self.row_norm(weight).detach().clone())
 
     def _pissa(self, base: nn.Module, config: LoraConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """A = √S_r Vᵀ_r, B = U_r √S_r (S divided by s so s·B A is the rank-r part); base keeps W - s B A."""
@@ -125,7 +125,7 @@ class LoraAdapter(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         return self.scaling * self.lora_B @ self.lora_A
 
-    def _row_norm(self, weight: torch.Tensor) -> torch.Tensor:
+    def row_norm(self, weight: torch.Tensor) -> torch.Tensor:
         # ‖W + s B A‖ per output row; B A enters detached (the DoRA paper's section 4.3)
         return torch.linalg.norm(weight + self.delta_weight().detach(), dim=1)
 
@@ -136,7 +136,7 @@ class LoraAdapter(nn.Module):
         if self.lora_magnitude_vector is None:
             return lora_out
         weight = base_weight(base)
-        factor = self.lora_magnitude_vector / self._row_norm(weight).detach()  # (out,)
+        factor = self.lora_magnitude_vector / self.row_norm(weight).detach()  # (out,)
         if isinstance(self.dropout, nn.Identity) or not self.training:
             bias = getattr(base, "bias", None)
             direct = base_out - bias if bias is not None else base_out  # W x, without the bias
@@ -148,7 +148,7 @@ class LoraAdapter(nn.Module):
         """The single weight that computes base + adapter (DoRA rescales each row by m / ‖·‖)."""
         merged = weight + self.delta_weight()
         if self.lora_magnitude_vector is not None:
-            merged = (self.lora_magnitude_vector / self._row_norm(weight))[:, None] * merged
+            merged = (self.lora_magnitude_vector / self.row_norm(weight))[:, None] * merged
         return merged
 
 
@@ -230,7 +230,7 @@ class AdaptedLinear(nn.Module):
             weight = base_weight(base)
             target = adapter.merged_weight(weight.float())
             magnitude = getattr(adapter, "lora_magnitude_vector", None)
-            self._row_factor = None if magnitude is None else magnitude / adapter._row_norm(weight.float())
+            self._row_factor = None if magnitude is None else magnitude / adapter.row_norm(weight.float())
             if hasattr(base, "weight_dequantized"):  # quantised: re-quantise W + ΔW, keep the old layer
                 dense = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
                 dense.weight.data = target.to(weight.dtype)

@@ -72,10 +72,14 @@ def measure_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
 
 
 def training_state_bytes(n_total: int, n_trainable: int, *, weight_bytes: float, grad_bytes: float | None = None,
-                         master_bytes: float = 0.0) -> float:
-    """Weights + gradients + Adam state (+ master copy): the formula in the module docstring."""
+                         master_bytes: float = 0.0, optimizer_bytes: float = ADAM_STATE_BYTES) -> float:
+    """Weights + gradients + Adam state (+ master copy): the formula in the module docstring.
+
+    ``optimizer_bytes`` is 8 for fp32 moments; ``torch.optim.AdamW`` on bf16 parameters keeps its
+    moments in bf16 (4 bytes), which is why mixed-precision training keeps an fp32 master copy instead.
+    """
     grad_bytes = weight_bytes if grad_bytes is None else grad_bytes
-    return n_total * weight_bytes + n_trainable * (grad_bytes + master_bytes + ADAM_STATE_BYTES)
+    return n_total * weight_bytes + n_trainable * (grad_bytes + master_bytes + optimizer_bytes)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -65,6 +65,8 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 
 def batches(encoded: Sequence[Encoded], batch_size: int, pad_id: int, *, seed: int) -> Iterator[dict]:
     """Endless shuffled batches (a new order each epoch, fixed by ``seed``)."""
+    if len(encoded) < batch_size:  # no full batch: the loop below would never yield
+        raise ValueError(f"{len(encoded)} examples cannot fill a batch of {batch_size}")
     rng = random.Random(seed)
     order = list(range(len(encoded)))
     while True:
