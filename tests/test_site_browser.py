@@ -231,7 +231,10 @@ const where = (el) => {
 
   const article = document.querySelector("article.bd-article") || document.body;
   const height = (el) => el.getBoundingClientRect().height;
+  // Folded code sits in a closed <details>: not drawn, though the browser still lays it out (and
+  // reports a height for it) when asked. Only code a reader sees counts.
   facts.code_share = Array.from(article.querySelectorAll("div.cell_input"))
+    .filter((el) => !el.closest("details:not([open])"))
     .reduce((sum, el) => sum + height(el), 0) / Math.max(1, height(article));
   facts.pre_count = article.querySelectorAll("pre").length;
   facts.wide = Array.from(article.querySelectorAll("pre"))
