@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llmbook.training.memory import measured_state_bytes
+from llmbook.training.memory import measured_state_bytes, saved_tensor_bytes
 
 ADAM_STATE_BYTES = 8  # two fp32 moments per trainable parameter
 NF4_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8  # 4-bit codes + double-quantised absmax per parameter
@@ -50,25 +50,16 @@ def measure_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
     allocator keeps no peak counter, so this counts tensors; on a GPU compare with
     ``torch.cuda.max_memory_allocated``.
     """
-    weight_storages = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in weight_storages:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
+    weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     for parameter in model.parameters():  # gradients left by earlier work are not this step's
         parameter.grad = None
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = loss_fn(model)
+    loss, activations = saved_tensor_bytes(lambda: loss_fn(model), exclude=weights)
     loss.backward()
     optimizer.step()
     states = measured_state_bytes(model, optimizer)
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     return MemoryBreakdown(weights=states["params"] + buffers, gradients=states["grads"],
-                           optimizer=states["optimizer"], activations=sum(saved.values()))
+                           optimizer=states["optimizer"], activations=activations)
 
 
 def training_state_bytes(n_total: int, n_trainable: int, *, weight_bytes: float, grad_bytes: float | None = None,

@@ -28,7 +28,9 @@ loss is computed in fp32).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -36,6 +38,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 GB = 1e9
+T = TypeVar("T")
 
 
 def model_state_bytes(n_params: int, *, mixed_precision: bool = True) -> dict[str, float]:
@@ -133,18 +136,26 @@ def measured_activation_bytes(model: nn.Module, input_ids: torch.Tensor, *, peak
             loss = model(input_ids, labels=input_ids).loss
             torch.autograd.grad(loss, params, allow_unused=True)  # an MoE expert may get no token
         return mode.peak
+    loss, saved = saved_tensor_bytes(lambda: model(input_ids, labels=input_ids).loss, exclude=param_ptrs)
+    del loss
+    return saved
+
+
+def saved_tensor_bytes(run: Callable[[], T], *, exclude: set[int]) -> tuple[T, int]:
+    """``run()``'s result and the bytes of the distinct storages autograd saved for backward during it,
+    read by a ``saved_tensors_hooks`` pack hook; storages whose ``data_ptr`` is in ``exclude`` (the
+    model's own weights, saved by reference) are not activations and are left out."""
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage.data_ptr() not in param_ptrs:
+        if storage.data_ptr() not in exclude:
             seen[storage.data_ptr()] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(input_ids, labels=input_ids).loss
-    del loss
-    return sum(seen.values())
+        result = run()
+    return result, sum(seen.values())
 
 
 @dataclass(kw_only=True)
