@@ -22,6 +22,7 @@ import torch
 from llmbook.book import artifacts
 from llmbook.book.profiles import PretrainingConfig, resolve
 from llmbook.chain.corpus import pretraining_corpus, tokenizer_for
+from llmbook.chain.pretrained import quiet_transformers
 from llmbook.model import DecoderLM, ModelConfig, save_pretrained
 from llmbook.progress import ProgressBar
 from llmbook.training.data import LoaderConfig, PackedLoader, eval_windows
@@ -154,7 +155,8 @@ def book_base_model(
     def build(directory: Path) -> None:
         model = trained if trained is not None else train_base_model(cfg, split, progress=progress).model
         device = next(model.parameters()).device
-        save_pretrained(model.cpu(), directory)
+        with quiet_transformers():  # no DeepSpeed accelerator probe, no one-shard "Writing" bar
+            save_pretrained(model.cpu(), directory)
         model.to(device)
         for f in split.tokenizer_dir.iterdir():
             if f.name != "manifest.json":

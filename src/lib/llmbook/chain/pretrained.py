@@ -50,15 +50,16 @@ def smollm2_gguf() -> Path:
 
 
 @contextlib.contextmanager
-def _quiet_transformers(env: dict[str, str]) -> Iterator[None]:
+def quiet_transformers(env: dict[str, str] | None = None) -> Iterator[None]:
     """Set ``env`` and silence transformers' per-load bars ("Loading weights", "Writing model shards")
-    for one load; restore both after. A load is seconds: a bar only adds lines to a page."""
+    for one load or save; restore both after. A load is seconds: a bar only adds lines to a page."""
     from transformers.utils import logging as hf_logging
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and "DS_ACCELERATOR" not in os.environ:
         # save_pretrained imports DeepSpeed through accelerate; on a CPU host it would log a warning
         # while probing for an accelerator. The variable is read once, at DeepSpeed's import.
-        env = {"DS_ACCELERATOR": "cpu", **env}
+        env = {"DS_ACCELERATOR": "cpu", **(env or {})}
+    env = env or {}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -96,7 +97,7 @@ def _convert_smollm2(directory: Path) -> None:
 def smollm2_dir() -> Path:
     """The converted SmolLM2-135M-Instruct (safetensors + tokenizer files), built on first use."""
     config = {"source": SMOLLM2_GGUF, "version": CONVERSION_VERSION}
-    with _quiet_transformers({"HF_HUB_OFFLINE": "1"}):
+    with quiet_transformers({"HF_HUB_OFFLINE": "1"}):
         return artifacts.get_or_build("pretrained_smollm2", config, _convert_smollm2).path
 
 
@@ -119,7 +120,7 @@ def load_pretrained(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = pretrained_path(model)
-    with _quiet_transformers({"HF_HUB_OFFLINE": "1"} if model in (None, SMOLLM2) else {}):
+    with quiet_transformers({"HF_HUB_OFFLINE": "1"} if model in (None, SMOLLM2) else {}):
         total = AutoConfig.from_pretrained(path).num_hidden_layers
         if layers is not None and not 1 <= layers <= total:  # checked before loading: a load takes seconds
             raise ValueError(f"layers={layers}: this model has {total} decoder blocks")
