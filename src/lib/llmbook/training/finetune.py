@@ -63,16 +63,22 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def batches(encoded: Sequence[Encoded], batch_size: int, pad_id: int, *, seed: int) -> Iterator[dict]:
-    """Endless shuffled batches (a new order each epoch, fixed by ``seed``)."""
-    if len(encoded) < batch_size:  # no full batch: the loop below would never yield
-        raise ValueError(f"{len(encoded)} examples cannot fill a batch of {batch_size}")
+def index_batches(n: int, batch_size: int, *, seed: int) -> Iterator[list[int]]:
+    """Endless batches of indices into ``n`` examples: a new shuffled order each epoch, fixed by ``seed``."""
+    if n < batch_size:  # no full batch: the loop below would never yield
+        raise ValueError(f"{n} examples cannot fill a batch of {batch_size}")
     rng = random.Random(seed)
-    order = list(range(len(encoded)))
+    order = list(range(n))
     while True:
         rng.shuffle(order)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield collate([encoded[i] for i in order[start:start + batch_size]], pad_id)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield order[start:start + batch_size]
+
+
+def batches(encoded: Sequence[Encoded], batch_size: int, pad_id: int, *, seed: int) -> Iterator[dict]:
+    """Endless shuffled batches of ``encoded``, collated (see :func:`index_batches`)."""
+    for index in index_batches(len(encoded), batch_size, seed=seed):
+        yield collate([encoded[i] for i in index], pad_id)
 
 
 def reply_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

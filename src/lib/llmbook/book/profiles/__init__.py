@@ -19,6 +19,7 @@ from llmbook.book.profiles.base import (
     per_profile,
 )
 from llmbook.book.profiles.lora import LoraChapterConfig
+from llmbook.book.profiles.post_training import PostTrainingConfig
 from llmbook.book.profiles.pretraining import PretrainingConfig
 from llmbook.book.profiles.pretraining_data import PretrainingDataConfig
 from llmbook.book.profiles.tokenization import TokenizationConfig
@@ -43,6 +44,7 @@ CHAPTER_CONFIGS: dict[str, type[ChapterConfig]] = {
     "attention": AttentionChapterConfig,
     "pretraining_data": PretrainingDataConfig,
     "pretraining": PretrainingConfig,
+    "post_training": PostTrainingConfig,
     "lora": LoraChapterConfig,
 }
 

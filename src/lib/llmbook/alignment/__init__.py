@@ -1,0 +1,1 @@
+"""Post-training from scratch: chat templates and SFT masks, preference losses, reward models, RL."""
