@@ -13,8 +13,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from conftest import converted_smollm2
 from llmbook.chain import pretrained
-from llmbook.chain.pretrained import load_pretrained, load_pretrained_nf4, pretrained_path, smollm2_dir, smollm2_gguf
+from llmbook.chain.pretrained import load_pretrained, load_pretrained_nf4, pretrained_path, smollm2_gguf
 
 pytestmark = pytest.mark.xdist_group("smollm2")
 
@@ -44,8 +45,8 @@ def test_hub_ids_pass_through() -> None:
 
 @pytest.fixture(scope="module")
 def converted():
-    """The converted directory (converts on an empty cache: ~40 s, once)."""
-    return smollm2_dir()
+    """The converted directory (converts on an empty cache: ~40 s, once, shared with the smoke chapters)."""
+    return converted_smollm2()
 
 
 @pytest.mark.slow

@@ -26,20 +26,25 @@ from llmbook.model.modes import eval_mode
 @dataclass(frozen=True, kw_only=True)
 class Answers:
     texts: list[str]
+    completion_ids: list[list[int]]  # the answers' tokens, end-of-turn token included when emitted
     rewards: list[float]  # one per example, from the task's checker
-    lengths: list[int]  # answer tokens
     skipped: int  # answers the checker could not score (counted as 0)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Answer lengths in tokens."""
+        return [len(c) for c in self.completion_ids]
 
 
 def answer_greedily(model: nn.Module, tokenizer: Any, prompt_ids: Sequence[Sequence[int]],
                     examples: Sequence[TaskExample], reward: Callable[[str, TaskExample], float], *,
-                    max_new_tokens: int, batch_size: int = 16) -> Answers:
+                    max_new_tokens: int, batch_size: int = 16, progress: str | None = None) -> Answers:
     """Greedy answers to every prompt and their rewards."""
     rollouts = generate(model, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, do_sample=False,
-                        batch_size=batch_size)
+                        batch_size=batch_size, progress=progress)
     scores = score_completions(reward, rollouts.texts, examples)
-    return Answers(texts=rollouts.texts, rewards=list(scores.values),
-                   lengths=[len(c) for c in rollouts.completion_ids], skipped=scores.skipped)
+    return Answers(texts=rollouts.texts, completion_ids=rollouts.completion_ids, rewards=list(scores.values),
+                   skipped=scores.skipped)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ import torch
 
 from llmbook.decoding import SamplingConfig, process_logits
 from llmbook.model.modes import eval_mode
+from llmbook.progress import ProgressBar
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,8 +60,9 @@ def render_prompts(tokenizer: Any, prompts: Sequence[str], *, system: str | None
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
              do_sample: bool = True, cfg: SamplingConfig | None = None, batch_size: int = 16,
-             generator: torch.Generator | None = None) -> Rollouts:
-    """One completion per prompt (repeat a prompt in ``prompt_ids`` to sample a group of answers)."""
+             generator: torch.Generator | None = None, progress: str | None = None) -> Rollouts:
+    """One completion per prompt (repeat a prompt in ``prompt_ids`` to sample a group of answers);
+    ``progress`` names a bar over the prompts (None: no bar)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if any(len(p) == 0 for p in prompt_ids):
@@ -71,7 +73,7 @@ def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], *,
     device = next(model.parameters()).device
     completions: list[list[int]] = []
     finished: list[bool] = []
-    with eval_mode(model):
+    with eval_mode(model), ProgressBar(total=len(prompt_ids), desc=progress, disable=progress is None) as bar:
         for start in range(0, len(prompt_ids), batch_size):
             rows = prompt_ids[start:start + batch_size]
             ids, mask = (t.to(device) for t in left_pad(rows, pad))
@@ -80,6 +82,7 @@ def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], *,
                 cut = row.index(eos) + 1 if eos in row else len(row)
                 completions.append(row[:cut])
                 finished.append(eos in row)
+            bar.update(len(rows))
     texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     return Rollouts(prompt_ids=[list(p) for p in prompt_ids], completion_ids=completions, texts=texts,
                     finished=finished)

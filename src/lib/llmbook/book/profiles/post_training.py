@@ -21,27 +21,28 @@ class PostTrainingConfig(TorchChapterConfig):
     base_batch_size: int = per_profile(smoke=4, cpu=16, gpu=64)
     base_lr: float = 1e-3
     # the task (word problems with checkable answers) and its splits
-    n_train: int = per_profile(smoke=8, cpu=256, gpu=4000)
-    n_dev: int = per_profile(smoke=8, cpu=64, gpu=500)
-    n_test: int = per_profile(smoke=8, cpu=128, gpu=1000)
-    max_new_tokens: int = per_profile(smoke=8, cpu=48, gpu=64)  # answer budget when sampling and evaluating
+    n_train: int = per_profile(smoke=8, cpu=128, gpu=4000)
+    n_dev: int = per_profile(smoke=8, cpu=48, gpu=500)
+    n_test: int = per_profile(smoke=4, cpu=96, gpu=1000)
+    max_new_tokens: int = per_profile(smoke=8, cpu=40, gpu=64)  # answer budget when sampling and evaluating
+    kl_prompts: int = per_profile(smoke=4, cpu=24, gpu=200)  # dev prompts sampled to estimate KL to the SFT model
     max_len: int = 192  # prompt + answer tokens of a training sequence; longer ones are refused
     batch_size: int = per_profile(smoke=4, cpu=8, gpu=32)
     # SFT on worked solutions
-    sft_steps: int = per_profile(smoke=2, cpu=60, gpu=500)
+    sft_steps: int = per_profile(smoke=2, cpu=40, gpu=500)
     sft_lr: float = 5e-5
     # preference data: G samples per training prompt from the SFT model, correct vs wrong
     samples_per_prompt: int = per_profile(smoke=2, cpu=4, gpu=8)
     # the DPO family
     methods: tuple[str, ...] = ("dpo", "cdpo", "ipo", "simpo", "orpo", "kto")
-    pref_steps: int = per_profile(smoke=2, cpu=30, gpu=300)
+    pref_steps: int = per_profile(smoke=1, cpu=16, gpu=300)
     pref_lr: float = 5e-6
     beta: float = 0.1  # KL strength of DPO-family losses (the study map's beta)
     simpo_beta: float = 2.0  # SimPO rescales length-averaged log-probs: its beta is ~20x DPO's
     ipo_beta: float = 0.5  # IPO's target margin is 1/(2 beta) on summed log-probs
-    trl_steps: int = per_profile(smoke=2, cpu=8, gpu=30)  # steps of the ours-vs-trl DPO run
+    trl_steps: int = per_profile(smoke=2, cpu=6, gpu=30)  # steps of the ours-vs-trl DPO run
     # reward model
-    rm_steps: int = per_profile(smoke=2, cpu=40, gpu=400)
+    rm_steps: int = per_profile(smoke=2, cpu=30, gpu=400)
     rm_lr: float = 2e-5
     # GRPO
     grpo_steps: int = per_profile(smoke=2, cpu=16, gpu=200)
@@ -58,8 +59,8 @@ class PostTrainingConfig(TorchChapterConfig):
         from llmbook.alignment.preference import METHODS
 
         self.check(self.layers is None or self.layers >= 1, "layers", "must be None or >= 1")
-        for key in ("base_sft_steps", "base_batch_size", "n_train", "n_dev", "n_test", "max_new_tokens",
-                    "batch_size", "sft_steps", "pref_steps", "trl_steps", "rm_steps", "grpo_steps", "grpo_prompts",
+        for key in ("base_sft_steps", "base_batch_size", "n_train", "n_dev", "n_test", "max_new_tokens", "batch_size",
+                    "kl_prompts", "sft_steps", "pref_steps", "trl_steps", "rm_steps", "grpo_steps", "grpo_prompts",
                     "hack_steps"):
             self.check(getattr(self, key) >= 1, key, "must be at least 1")
         self.check(self.n_train >= self.batch_size, "n_train", "must fill at least one batch")
@@ -68,7 +69,8 @@ class PostTrainingConfig(TorchChapterConfig):
         self.check(self.grpo_prompts <= self.n_train, "grpo_prompts", "must be at most n_train")
         self.check(self.max_len >= 64, "max_len", "must be at least 64 (a prompt and its chat template take ~50)")
         unknown = sorted(set(self.methods) - set(METHODS))
-        self.check(not unknown and len(self.methods) >= 1, "methods", f"one or more of {list(METHODS)}")
+        self.check(not unknown and "dpo" in self.methods, "methods",
+                   f"DPO (the baseline of the win-rates) and any others of {list(METHODS)}")
         for key in ("base_lr", "sft_lr", "pref_lr", "rm_lr", "grpo_lr", "hack_lr"):
             self.check(0 < getattr(self, key) < 1, key, "must be in (0, 1)")
         for key in ("beta", "simpo_beta", "ipo_beta"):
