@@ -34,6 +34,35 @@ def repo() -> Path:
     return REPO
 
 
+class _NotConverted(Exception):
+    pass
+
+
+def _refuse_conversion(directory) -> None:
+    raise _NotConverted
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2's tokenizer, from the converted directory when the artifact cache holds it, else straight
+    from the GGUF file (~10 s): tokenizer tests never start the ~40 s conversion."""
+    from transformers import AutoTokenizer
+
+    from llmbook.chain import pretrained
+
+    try:
+        gguf = pretrained.smollm2_gguf()
+    except ModuleNotFoundError as error:
+        pytest.skip(str(error))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pretrained, "_convert_smollm2", _refuse_conversion)
+        try:
+            return AutoTokenizer.from_pretrained(pretrained.smollm2_dir())
+        except _NotConverted:
+            pass
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
 def converted_smollm2() -> Path:
     """SmolLM2-135M-Instruct converted once into the default artifact cache (~40 s on an empty cache).
 

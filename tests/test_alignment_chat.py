@@ -28,7 +28,6 @@ from llmbook.alignment.chat import (
     render_chat,
 )
 from llmbook.alignment.packing import pack, packed_attention_mask
-from llmbook.chain import pretrained
 from llmbook.chain.tokenizer import END_OF_TEXT, SPECIAL_TOKENS
 from llmbook.data import corpus_text
 from llmbook.tokenization import train_bpe
@@ -49,28 +48,9 @@ CONVERSATIONS = [
 ]
 
 
-class _NotConverted(Exception):
-    pass
-
-
-def _refuse_conversion(directory) -> None:
-    raise _NotConverted
-
-
 @pytest.fixture(scope="module")
-def smollm2():
-    try:
-        gguf = pretrained.smollm2_gguf()
-    except ModuleNotFoundError as error:
-        pytest.skip(str(error))
-    # smollm2_dir() when the conversion is cached; the conversion itself is refused (and costs nothing).
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pretrained, "_convert_smollm2", _refuse_conversion)
-        try:
-            return AutoTokenizer.from_pretrained(pretrained.smollm2_dir())
-        except _NotConverted:
-            pass
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+def smollm2(smollm2_tokenizer):
+    return copy.deepcopy(smollm2_tokenizer)  # this module's own copy: a test may change it
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,8 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from llmbook.chain import pretrained
 from llmbook.data.corpora import load_documents
 from llmbook.evaluation.tasks import NOVELS, TaskExample, addition_task, novel_task
 from llmbook.training.finetune import (
@@ -34,28 +33,9 @@ from llmbook.training.finetune import (
 EXACT = 1e-6  # the same fp32 operations, in a different order at most
 
 
-class _NotConverted(Exception):
-    pass
-
-
-def _refuse_conversion(directory) -> None:
-    raise _NotConverted
-
-
 @pytest.fixture(scope="module")
-def tokenizer():
-    try:
-        gguf = pretrained.smollm2_gguf()
-    except ModuleNotFoundError as error:
-        pytest.skip(str(error))
-    # smollm2_dir() when the conversion is cached; the conversion itself is refused (and costs nothing).
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pretrained, "_convert_smollm2", _refuse_conversion)
-        try:
-            return AutoTokenizer.from_pretrained(pretrained.smollm2_dir())
-        except _NotConverted:
-            pass
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+def tokenizer(smollm2_tokenizer):
+    return copy.deepcopy(smollm2_tokenizer)  # this module's own copy: a test may change it
 
 
 def tiny_llama(tokenizer, seed: int = 0, **overrides) -> LlamaForCausalLM:

@@ -51,7 +51,7 @@ def answer_greedily(model: nn.Module, tokenizer: Any, prompt_ids: Sequence[Seque
 def kl_to_reference(policy: nn.Module, reference: nn.Module, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], *,
                     max_new_tokens: int, seed: int, batch_size: int = 16) -> float:
     """Monte-Carlo ``KL(policy || reference)`` per answer, in nats, on one sample per prompt."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
     rollouts = generate(policy, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, cfg=SamplingConfig(),
                         generator=generator, batch_size=batch_size)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -33,7 +33,7 @@ from llmbook.decoding import SamplingConfig
 from llmbook.evaluation.rewards import score_completions
 from llmbook.evaluation.tasks import TaskExample
 from llmbook.progress import ProgressBar
-from llmbook.training.finetune import IGNORE, Encoded, collate
+from llmbook.training.finetune import IGNORE, Encoded, collate, step_speed
 
 # rollouts and the examples they answer -> one reward per rollout
 Scorer = Callable[[Rollouts, Sequence[TaskExample]], Sequence[float]]
@@ -83,6 +83,7 @@ class GrpoRun:
     flat_groups: list[float] = field(default_factory=list)  # share of groups with equal rewards (no signal)
     lengths: list[float] = field(default_factory=list)  # mean completion tokens
     seconds_per_step: float = 0.0  # median, rollouts + update, first step excluded
+    tokens_per_second: float = 0.0  # answer tokens sampled and trained on per second
 
 
 def train_grpo(policy: nn.Module, tokenizer: Any, prompt_ids: Sequence[Sequence[int]],
@@ -101,9 +102,9 @@ def train_grpo(policy: nn.Module, tokenizer: Any, prompt_ids: Sequence[Sequence[
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
     sampling = SamplingConfig(temperature=temperature)
-    run, times = GrpoRun(), []
+    run, times, sampled = GrpoRun(), [], []
     run.tracked = {name: [] for name in tracked or {}}
     with ProgressBar(total=steps, desc=progress, disable=progress is None) as bar:
         for _ in range(steps):
@@ -132,12 +133,12 @@ def train_grpo(policy: nn.Module, tokenizer: Any, prompt_ids: Sequence[Sequence[
             optimizer.step()
             policy.eval()
             times.append(time.perf_counter() - started)
+            sampled.append(int(mask.sum()))
             run.rewards.append(rewards.mean().item())
             run.losses.append(loss.item())
             run.kl.append(float(stats.get("kl", 0.0)))
             run.flat_groups.append((rewards.view(-1, group_size).std(1) == 0).float().mean().item())
             run.lengths.append(mask.sum(1).mean().item())
             bar.update(1)
-    timed = times[1:] if steps > 1 else times
-    run.seconds_per_step = sorted(timed)[len(timed) // 2]
+    run.seconds_per_step, run.tokens_per_second = step_speed(times, sampled)
     return run

@@ -14,6 +14,7 @@ under a frozen reference (the SFT model). This module turns pairs into those num
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from torch import nn
 from llmbook.alignment import preference_losses as losses
 from llmbook.model.modes import eval_mode
 from llmbook.progress import ProgressBar
-from llmbook.training.finetune import IGNORE, Encoded, collate, index_batches
+from llmbook.training.finetune import IGNORE, Encoded, collate, index_batches, step_speed
 
 Method = Literal["dpo", "cdpo", "ipo", "simpo", "orpo", "kto"]
 METHODS: tuple[str, ...] = ("dpo", "cdpo", "ipo", "simpo", "orpo", "kto")
@@ -177,17 +178,13 @@ def train_preference(policy: nn.Module, pairs: Sequence[EncodedPair], *, method:
             if on_step is not None:
                 on_step(step, run)
             bar.update(1)
-    timed = slice(1, None) if steps > 1 else slice(None)
-    run.seconds_per_step = sorted(times[timed])[len(times[timed]) // 2]
-    run.tokens_per_second = sum(tokens[timed]) / sum(times[timed])
+    run.seconds_per_step, run.tokens_per_second = step_speed(times, tokens)
     policy.eval()
     return run
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A detached, eval-mode copy (the reference model, or a snapshot to compare against)."""
-    import copy
-
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
         p.requires_grad_(False)

@@ -34,7 +34,7 @@ class RewardModel(nn.Module):
         super().__init__()
         self.decoder = copy.deepcopy(causal_lm.get_decoder())
         hidden = causal_lm.config.hidden_size
-        self.head = nn.Linear(hidden, 1, bias=False)
+        self.head = nn.Linear(hidden, 1, bias=False, dtype=next(causal_lm.parameters()).dtype)
         nn.init.normal_(self.head.weight, std=1 / (hidden + 1) ** 0.5)  # as transformers' score head
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -119,6 +119,12 @@ def evaluate_replies(model: nn.Module, encoded: Sequence[Encoded], *, batch_size
     return {"loss": loss_sum / tokens, "accuracy": correct / len(encoded)}
 
 
+def step_speed(times: Sequence[float], tokens: Sequence[int]) -> tuple[float, float]:
+    """Median seconds per step and tokens per second; the first step (warm-up) is left out when there are others."""
+    timed = slice(1, None) if len(times) > 1 else slice(None)
+    return sorted(times[timed])[len(times[timed]) // 2], sum(tokens[timed]) / sum(times[timed])
+
+
 @dataclass(kw_only=True)
 class FinetuneResult:
     losses: list[float] = field(default_factory=list)  # training reply loss per step
@@ -152,8 +158,6 @@ def finetune(model: nn.Module, encoded: Sequence[Encoded], optimizer: torch.opti
             if on_step is not None:
                 on_step(step)
             bar.update(1)
-    timed = slice(1, None) if steps > 1 else slice(None)
-    result.seconds_per_step = sorted(times[timed])[len(times[timed]) // 2]
-    result.tokens_per_second = sum(tokens[timed]) / sum(times[timed])
+    result.seconds_per_step, result.tokens_per_second = step_speed(times, tokens)
     model.eval()
     return result
