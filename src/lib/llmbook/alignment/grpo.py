@@ -52,15 +52,21 @@ def checker(reward: Callable[[str, TaskExample], float]) -> Scorer:
     return score
 
 
+def completion_batch(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], *, pad_id: int,
+                     device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded prompt + completion rows with labels on the completion tokens, on ``device``."""
+    rows = [Encoded(input_ids=list(p) + list(c), labels=[IGNORE] * len(p) + list(c))
+            for p, c in zip(prompt_ids, completion_ids)]
+    return {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+
+
 def completion_token_logps(model: nn.Module, prompt_ids: Sequence[Sequence[int]],
                            completion_ids: Sequence[Sequence[int]], *, pad_id: int
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logps, mask)``, both (B, L) with L the longest completion: each completion token's
     log-probability given its prompt and the tokens before it; mask 1 on real tokens."""
-    rows = [Encoded(input_ids=list(p) + list(c), labels=[IGNORE] * len(p) + list(c))
-            for p, c in zip(prompt_ids, completion_ids)]
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+    batch = completion_batch(prompt_ids, completion_ids, pad_id=pad_id, device=device)
     targets = batch["labels"][:, 1:]
     scored = targets != IGNORE
     hidden = model.get_decoder()(input_ids=batch["input_ids"],
@@ -69,8 +75,8 @@ def completion_token_logps(model: nn.Module, prompt_ids: Sequence[Sequence[int]]
     token = logits.log_softmax(-1).gather(-1, targets[scored][:, None])[:, 0]
     width = max(len(c) for c in completion_ids)
     row, column = scored.nonzero()[:, 0], (scored.cumsum(1) - 1)[scored]  # k-th scored token -> column k
-    logps = torch.zeros((len(rows), width), device=device).index_put((row, column), token)
-    mask = torch.zeros((len(rows), width), device=device).index_put((row, column), torch.ones_like(token))
+    logps = torch.zeros((len(targets), width), device=device).index_put((row, column), token)
+    mask = torch.zeros((len(targets), width), device=device).index_put((row, column), torch.ones_like(token))
     return logps, mask
 
 

@@ -21,8 +21,8 @@ class PostTrainingConfig(TorchChapterConfig):
     base_batch_size: int = per_profile(smoke=4, cpu=16, gpu=64)
     base_lr: float = 1e-3
     # the task (word problems with checkable answers) and its splits
-    n_train: int = per_profile(smoke=8, cpu=128, gpu=4000)
-    n_dev: int = per_profile(smoke=8, cpu=48, gpu=500)
+    n_train: int = per_profile(smoke=8, cpu=96, gpu=4000)
+    n_dev: int = per_profile(smoke=8, cpu=32, gpu=500)
     n_test: int = per_profile(smoke=4, cpu=96, gpu=1000)
     max_new_tokens: int = per_profile(smoke=8, cpu=40, gpu=64)  # answer budget when sampling and evaluating
     kl_prompts: int = per_profile(smoke=4, cpu=24, gpu=200)  # dev prompts sampled to estimate KL to the SFT model
@@ -44,6 +44,12 @@ class PostTrainingConfig(TorchChapterConfig):
     # reward model
     rm_steps: int = per_profile(smoke=2, cpu=30, gpu=400)
     rm_lr: float = 2e-5
+    # RLHF: PPO against the reward model, with a value model
+    ppo_steps: int = per_profile(smoke=2, cpu=12, gpu=200)
+    ppo_prompts: int = per_profile(smoke=2, cpu=8, gpu=64)  # prompts (one answer each) per step
+    ppo_lr: float = 2e-6
+    ppo_value_lr: float = 1e-5
+    ppo_beta: float = 0.1  # KL penalty per token (the study map's beta)
     # GRPO
     grpo_steps: int = per_profile(smoke=2, cpu=16, gpu=200)
     grpo_prompts: int = per_profile(smoke=2, cpu=4, gpu=16)  # prompts per step
@@ -61,18 +67,19 @@ class PostTrainingConfig(TorchChapterConfig):
         self.check(self.layers is None or self.layers >= 1, "layers", "must be None or >= 1")
         for key in ("base_sft_steps", "base_batch_size", "n_train", "n_dev", "n_test", "max_new_tokens", "batch_size",
                     "kl_prompts", "sft_steps", "pref_steps", "trl_steps", "rm_steps", "grpo_steps", "grpo_prompts",
-                    "hack_steps"):
+                    "ppo_steps", "ppo_prompts", "hack_steps"):
             self.check(getattr(self, key) >= 1, key, "must be at least 1")
         self.check(self.n_train >= self.batch_size, "n_train", "must fill at least one batch")
         self.check(self.samples_per_prompt >= 2, "samples_per_prompt", "needs 2+ samples (a right and a wrong one)")
         self.check(self.group_size >= 2, "group_size", "GRPO compares 2+ answers per prompt")
-        self.check(self.grpo_prompts <= self.n_train, "grpo_prompts", "must be at most n_train")
+        for key in ("grpo_prompts", "ppo_prompts"):
+            self.check(getattr(self, key) <= self.n_train, key, "must be at most n_train")
         self.check(self.max_len >= 64, "max_len", "must be at least 64 (a prompt and its chat template take ~50)")
         unknown = sorted(set(self.methods) - set(METHODS))
         self.check(not unknown and "dpo" in self.methods, "methods",
                    f"DPO (the baseline of the win-rates) and any others of {list(METHODS)}")
-        for key in ("base_lr", "sft_lr", "pref_lr", "rm_lr", "grpo_lr", "hack_lr"):
+        for key in ("base_lr", "sft_lr", "pref_lr", "rm_lr", "ppo_lr", "ppo_value_lr", "grpo_lr", "hack_lr"):
             self.check(0 < getattr(self, key) < 1, key, "must be in (0, 1)")
-        for key in ("beta", "simpo_beta", "ipo_beta"):
+        for key in ("beta", "simpo_beta", "ipo_beta", "ppo_beta"):
             self.check(getattr(self, key) > 0, key, "must be positive")
         self.check(self.grpo_beta >= 0, "grpo_beta", "must be >= 0")
