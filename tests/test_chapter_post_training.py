@@ -33,10 +33,12 @@ def test_losses_and_dpo_loop_equal_trl(metrics: dict) -> None:
 
 def test_every_method_was_measured(metrics: dict) -> None:
     assert metrics["n_train_pairs"] >= 4 and metrics["n_dev_pairs"] >= 1
-    for key in ("acc_zero_shot", "acc_sft", "acc_dpo", "acc_best", "acc_grpo", "win_checker", "win_rm", "win_lc",
-                "judge_agreement", "rm_dev_accuracy"):
+    for key in ("acc_zero_shot", "acc_sft", "acc_dpo", "acc_best", "acc_ppo", "acc_grpo", "win_checker", "win_rm",
+                "win_lc", "judge_agreement", "rm_dev_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["acc_sft_low"] <= metrics["acc_sft"] <= metrics["acc_sft_high"]
     assert metrics["milestone_verdict"] in ("met", "not met")
     assert metrics["kl_grpo"] >= -0.5  # a Monte-Carlo estimate of a KL: only noise can make it negative
     assert metrics["grpo_skipped"] == 0
+    assert metrics["ppo_beta"] == 0.1  # the study map's KL penalty
+    assert metrics["ppo_kl_last"] >= -0.5 and metrics["ppo_seconds_per_step"] > 0
