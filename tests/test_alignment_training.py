@@ -103,6 +103,12 @@ def test_answer_logps_equal_full_logits(model):
     assert mask.sum(1).tolist() == [4.0] * 6
 
 
+def test_chapter_config_lists_every_method():
+    from llmbook.book.profiles.post_training import PREFERENCE_METHODS
+
+    assert PREFERENCE_METHODS == METHODS
+
+
 def test_bad_pairs_raise():
     with pytest.raises(ValueError, match="identical"):
         encode_pair([5], [6, EOS], [6, EOS], max_len=8)

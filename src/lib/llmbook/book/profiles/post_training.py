@@ -7,6 +7,10 @@ from typing import Literal
 
 from llmbook.book.profiles.base import Profile, TorchChapterConfig, per_profile
 
+# llmbook.alignment.preference.METHODS, spelled here so that reading a config never imports torch
+# (tests/test_alignment_training.py checks the two agree)
+PREFERENCE_METHODS = ("dpo", "cdpo", "ipo", "simpo", "orpo", "kto")
+
 
 @dataclass(kw_only=True)
 class PostTrainingConfig(TorchChapterConfig):
@@ -17,7 +21,7 @@ class PostTrainingConfig(TorchChapterConfig):
     torch_threads: int | None = per_profile(smoke=1, cpu=None, gpu=None)
     # the book's own base model (chapter 4) taught a chat format from scratch
     base_profile: Profile = per_profile(smoke="smoke", cpu="cpu", gpu="gpu")  # chapter 4's profile
-    base_sft_steps: int = per_profile(smoke=4, cpu=300, gpu=2000)
+    base_sft_steps: int = per_profile(smoke=30, cpu=300, gpu=2000)
     base_batch_size: int = per_profile(smoke=4, cpu=16, gpu=64)
     base_lr: float = 1e-3
     # the task (word problems with checkable answers) and its splits
@@ -34,7 +38,7 @@ class PostTrainingConfig(TorchChapterConfig):
     # preference data: G samples per training prompt from the SFT model, correct vs wrong
     samples_per_prompt: int = per_profile(smoke=2, cpu=4, gpu=8)
     # the DPO family
-    methods: tuple[str, ...] = ("dpo", "cdpo", "ipo", "simpo", "orpo", "kto")
+    methods: tuple[str, ...] = PREFERENCE_METHODS
     pref_steps: int = per_profile(smoke=1, cpu=16, gpu=300)
     pref_lr: float = 5e-6
     beta: float = 0.1  # KL strength of DPO-family losses (the study map's beta)
@@ -62,8 +66,6 @@ class PostTrainingConfig(TorchChapterConfig):
 
     def validate(self) -> None:
         super().validate()
-        from llmbook.alignment.preference import METHODS
-
         self.check(self.layers is None or self.layers >= 1, "layers", "must be None or >= 1")
         for key in ("base_sft_steps", "base_batch_size", "n_train", "n_dev", "n_test", "max_new_tokens", "batch_size",
                     "kl_prompts", "sft_steps", "pref_steps", "trl_steps", "rm_steps", "grpo_steps", "grpo_prompts",
@@ -75,9 +77,9 @@ class PostTrainingConfig(TorchChapterConfig):
         for key in ("grpo_prompts", "ppo_prompts"):
             self.check(getattr(self, key) <= self.n_train, key, "must be at most n_train")
         self.check(self.max_len >= 64, "max_len", "must be at least 64 (a prompt and its chat template take ~50)")
-        unknown = sorted(set(self.methods) - set(METHODS))
+        unknown = sorted(set(self.methods) - set(PREFERENCE_METHODS))
         self.check(not unknown and "dpo" in self.methods, "methods",
-                   f"DPO (the baseline of the win-rates) and any others of {list(METHODS)}")
+                   f"DPO (the baseline of the win-rates) and any others of {list(PREFERENCE_METHODS)}")
         for key in ("base_lr", "sft_lr", "pref_lr", "rm_lr", "ppo_lr", "ppo_value_lr", "grpo_lr", "hack_lr"):
             self.check(0 < getattr(self, key) < 1, key, "must be in (0, 1)")
         for key in ("beta", "simpo_beta", "ipo_beta", "ppo_beta"):
