@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmbook.alignment.logprobs import labelled_token_logps
 from llmbook.alignment.rl import group_advantages, grpo_loss
 from llmbook.alignment.rollouts import Rollouts, generate
 from llmbook.decoding import SamplingConfig
@@ -67,16 +68,11 @@ def completion_token_logps(model: nn.Module, prompt_ids: Sequence[Sequence[int]]
     log-probability given its prompt and the tokens before it; mask 1 on real tokens."""
     device = next(model.parameters()).device
     batch = completion_batch(prompt_ids, completion_ids, pad_id=pad_id, device=device)
-    targets = batch["labels"][:, 1:]
-    scored = targets != IGNORE
-    hidden = model.get_decoder()(input_ids=batch["input_ids"],
-                                 attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
-    logits = model.get_output_embeddings()(hidden[scored]).float()  # (N, V): completion positions only
-    token = logits.log_softmax(-1).gather(-1, targets[scored][:, None])[:, 0]
+    token, scored = labelled_token_logps(model, batch)
     width = max(len(c) for c in completion_ids)
     row, column = scored.nonzero()[:, 0], (scored.cumsum(1) - 1)[scored]  # k-th scored token -> column k
-    logps = torch.zeros((len(targets), width), device=device).index_put((row, column), token)
-    mask = torch.zeros((len(targets), width), device=device).index_put((row, column), torch.ones_like(token))
+    logps = torch.zeros((len(scored), width), device=device).index_put((row, column), token)
+    mask = torch.zeros((len(scored), width), device=device).index_put((row, column), torch.ones_like(token))
     return logps, mask
 
 

@@ -49,3 +49,18 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, *, average: bool 
                          "their log-probability is undefined")
     total = per_token.sum(dim=-1)
     return total / counts if average else total
+
+
+def labelled_token_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(token (N,), scored (R, T-1))``: the log-probability of each labelled token of a right-padded batch
+    (``input_ids``, ``attention_mask``, ``labels``) in row-major order, and where those tokens are.
+
+    The output layer runs on the labelled positions only: with a 49k vocabulary it would otherwise cost more
+    than the rest of a small model's forward pass on positions whose logits no loss reads.
+    """
+    targets = batch["labels"][:, 1:]
+    scored = targets != IGNORE
+    hidden = model.get_decoder()(input_ids=batch["input_ids"],
+                                 attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
+    logits = model.get_output_embeddings()(hidden[scored]).float()  # (N, V)
+    return logits.log_softmax(-1).gather(-1, targets[scored][:, None])[:, 0], scored

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from llmbook.alignment import preference_losses as losses
+from llmbook.alignment.logprobs import labelled_token_logps
 from llmbook.model.modes import eval_mode
 from llmbook.progress import ProgressBar
 from llmbook.training.finetune import IGNORE, Encoded, collate, index_batches, step_speed
@@ -65,15 +66,10 @@ def pair_batch(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Ten
 
 def completion_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: summed and mean log-probability of the labelled tokens, ``(sum (R,), mean (R,))``."""
-    targets = batch["labels"][:, 1:]
-    scored = targets != IGNORE  # (R, T-1)
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    hidden = model.get_decoder()(**inputs).last_hidden_state[:, :-1]  # (R, T-1, C)
-    logits = model.get_output_embeddings()(hidden[scored]).float()  # (N, V): answer positions only
-    token = logits.log_softmax(-1).gather(-1, targets[scored][:, None])[:, 0]  # (N,)
+    token, scored = labelled_token_logps(model, batch)
     rows = scored.nonzero()[:, 0]
     counts = scored.sum(1)
-    summed = torch.zeros(targets.shape[0], device=token.device).index_add(0, rows, token)
+    summed = torch.zeros(scored.shape[0], device=token.device).index_add(0, rows, token)
     return summed, summed / counts
 
 
