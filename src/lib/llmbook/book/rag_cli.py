@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from llmbook.chain.pretrained import load_pretrained
-from llmbook.rag.answer import answer_questions
+from llmbook.rag.answer import REFUSAL, answer_questions
 from llmbook.rag.chunking import CHUNKERS
 from llmbook.rag.documents import load_documents
 from llmbook.rag.index import MODES, VECTOR_INDEXES, Hit, Index, IndexConfig
@@ -90,12 +90,15 @@ def _ask(args: argparse.Namespace) -> int:
     hits = index.search(args.question, args.k)
     # RRF scores are rank-based; the refusal threshold is on the embedder's cosine, which has a meaning
     cosines = index.cosines(args.question, [h.chunk_id for h in hits])
-    hits = [Hit(**{**_hit_row(h), "meta": h.meta, "score": float(c)}) for h, c in zip(hits, cosines, strict=True)]
-    hits.sort(key=lambda h: -h.score)
+    hits = sorted((index.hit(index.chunk(h.chunk_id), float(c)) for h, c in zip(hits, cosines, strict=True)),
+                  key=lambda h: -h.score)
+    if not hits or hits[0].score < args.min_cosine:  # refused before paying for a model load
+        print(REFUSAL)
+        return 0
     model, tokenizer = load_pretrained(args.model)
-    answer = answer_questions([args.question], [hits], model, tokenizer, min_score=args.min_cosine)[0]
+    answer = answer_questions([args.question], [hits], model, tokenizer)[0]
     print(answer.text)
     for chunk_id in answer.citations:
-        hit = next(h for h in hits if h.chunk_id == chunk_id)
-        print(f"  [{hits.index(hit) + 1}] {hit.doc_id} [{hit.start}:{hit.end}]")
+        n, hit = next((n, h) for n, h in enumerate(hits, start=1) if h.chunk_id == chunk_id)
+        print(f"  [{n}] {hit.doc_id} [{hit.start}:{hit.end}]")
     return 0

@@ -68,7 +68,7 @@ def _files(paths: Sequence[str | Path]) -> list[tuple[Path, str]]:
     """Every file under ``paths`` (folders recursed, hidden entries skipped) with the id it gets."""
     found = []
     for raw in paths:
-        path = Path(raw)
+        path = Path(raw).expanduser()
         if path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
                 relative = file.relative_to(path)

@@ -48,6 +48,7 @@ class QdrantStore:
                 size=dim, distance=models.Distance.COSINE))
         size = self.client.get_collection(collection).config.params.vectors.size
         if size != dim:
+            self.client.close()
             raise ValueError(
                 f"collection {collection!r} holds {size}-d vectors, not {dim}-d: built by another embedder")
 
