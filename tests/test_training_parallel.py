@@ -76,8 +76,19 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path, engine: str) -> No
     assert [r["loss"] for r in resumed] == [r["loss"] for r in double[STEPS // 2:]], (double, resumed)
     assert [r["step"] for r in resumed] == [r["step"] for r in double[STEPS // 2:]]
     if engine == "zero2":  # shards of 2 ranks cannot be read by 1: one clear message, before any step
-        with pytest.raises(RuntimeError, match="ZeRO shards of 2 processes; resume it on 2, not 1"):
-            launch(dataclasses.replace(spec, checkpoint_every=0, resume_from=str(step4)), 1, tmp_path / "one")
+        # in this process (a one-process launch would only add ~15 s of start-up): the engine a one-process
+        # job gets differs from DeepSpeedZero only in its world size, and must refuse before reading a shard
+        with pytest.raises(ValueError, match="ZeRO shards of 2 processes; resume it on 2, not 1"):
+            train_run(dataclasses.replace(spec, checkpoint_every=0, resume_from=str(step4)), OneShardedProcess())
+
+
+class OneShardedProcess(SingleProcess):
+    """A ZeRO engine's view of a one-process job: state in shards, a world of 1; reading a shard is a failure."""
+
+    shards_state = True
+
+    def load_shards(self, path: Path) -> None:
+        raise AssertionError(f"read the shards under {path} before checking the world size")
 
 
 def spawn_ranks(worker: Callable[..., None], *args: Any, world: int = 2, timeout_s: float = 120.0) -> None:
@@ -137,19 +148,42 @@ class RecordingDDP(RecordsRouting, DataParallel):
     pass
 
 
-def moe_rank(rank: int, world: int, port: int, spec_path: str, out_dir: str) -> None:
-    """A rank of the MoE run: trains the spec with DataParallel in a group it created, saves what it saw."""
+MOE = MoEConfig(n_experts=32, top_k=1, normalize_gates=False, aux_loss_coef=0.0)
+
+
+def caller_group_rank(rank: int, world: int, port: int, ddp_spec: str, moe_spec: str, out_dir: str) -> None:
+    """A rank in a group it created (no launcher): the DDP checks, then the MoE run, each saving what it saw.
+
+    One start of two processes for both tests: starting them costs more than either's work.
+    """
     join_group(rank, world, port)
+    ddp_checks(rank, ddp_spec, out_dir)
+    moe_run(rank, moe_spec, out_dir)
+    torch.distributed.destroy_process_group()  # still there: the engines' close() leaves the caller's group alone
+
+
+@pytest.fixture(scope="module")
+def caller_group(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory holding the specs (DDP's with bucket_cap_mb=1.5) and what each rank of
+    :func:`caller_group_rank` saved."""
+    out = tmp_path_factory.mktemp("caller_group")
+    ddp_spec = dataclasses.replace(make_spec(out, "ddp"), bucket_cap_mb=1.5).save(out / "ddp.json")
+    moe_spec = make_spec(out, "ddp", moe=MOE).save(out / "moe.json")
+    spawn_ranks(caller_group_rank, str(ddp_spec), str(moe_spec), str(out))
+    return out
+
+
+def moe_run(rank: int, spec_path: str, out_dir: str) -> None:
+    """A rank of the MoE run: trains the spec with DataParallel in the caller's group, saves what it saw."""
     engine = RecordingDDP(cpu=True)
     history = train_run(RunSpec.load(spec_path), engine)
     params = flat_parameters(engine.unwrap(engine.model))
     seen = {"world_size": engine.world_size, "history": history, "logits": engine.router_logits, "params": params}
-    torch.save(seen, f"{out_dir}/rank{rank}.pt")
+    torch.save(seen, f"{out_dir}/moe_rank{rank}.pt")
     engine.close()
-    torch.distributed.destroy_process_group()  # the caller's group: the engine leaves it alone
 
 
-def test_two_processes_match_one_moe(tmp_path) -> None:
+def test_two_processes_match_one_moe(caller_group: Path) -> None:
     """DDP with a top-1 MoE matches one process exactly until a routing decision differs, and loosely after.
 
     32 experts and 64 tokens per rank and forward: some expert gets no token, and DDP must still see a
@@ -161,12 +195,10 @@ def test_two_processes_match_one_moe(tmp_path) -> None:
     scales up to full-size steps, and the routing would follow the rounding. No load-balancing loss:
     that is computed per rank's batch (as in real MoE training), not over the global batch.
     """
-    moe = MoEConfig(n_experts=32, top_k=1, normalize_gates=False, aux_loss_coef=0.0)
-    spec = make_spec(tmp_path, "ddp", moe=moe)
+    spec = RunSpec.load(caller_group / "moe.json")
     single_engine = RecordingSingle("cpu")
     single = train_run(spec, single_engine)  # in this process, the whole batch
-    spawn_ranks(moe_rank, str(spec.save(tmp_path / "run.json")), str(tmp_path))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(caller_group / f"moe_rank{r}.pt") for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2], "the ranks trained alone"
     double = ranks[0]["history"]
     assert len(double) == STEPS
@@ -185,7 +217,7 @@ def test_two_processes_match_one_moe(tmp_path) -> None:
         for half, rank in zip(halves, ranks):
             logit_diff = max(logit_diff, (half - rank["logits"][call]).abs().max().item())
             rank_experts = route(rank["logits"][call], 1, normalize=False)[1]
-            idle_experts += moe.n_experts - len(rank_experts.unique())
+            idle_experts += MOE.n_experts - len(rank_experts.unique())
             if not torch.equal(route(half, 1, normalize=False)[1], rank_experts):
                 first_differing = min(first_differing, call)
         if first_differing <= call:
@@ -206,9 +238,8 @@ def test_two_processes_match_one_moe(tmp_path) -> None:
     assert late < 2e-2, f"moe: max_abs_diff of the losses over all steps = {late} (exact through step {exact_steps})"
 
 
-def ddp_rank(rank: int, world: int, port: int, spec_path: str, out_dir: str) -> None:
-    """A rank in a group it created: one DDP step on its own rows, then one without all-reduce, for contrast."""
-    join_group(rank, world, port)
+def ddp_checks(rank: int, spec_path: str, out_dir: str) -> None:
+    """A rank in the caller's group: one DDP step on its own rows, then one without all-reduce, for contrast."""
     engine = make_parallel(RunSpec.load(spec_path))  # DataParallel with the spec's bucket size, joining the group
     model = tiny_model()
     model, optimizer = engine.prepare(model, torch.optim.SGD(model.parameters(), lr=0.5))
@@ -228,9 +259,8 @@ def ddp_rank(rank: int, world: int, port: int, spec_path: str, out_dir: str) -> 
     other = tiny_model()
     default, _ = DataParallel(cpu=True).prepare(other, torch.optim.SGD(other.parameters()))
     result["default_bucket_bytes"] = getattr(default, "bucket_bytes_cap", None)
-    torch.save(result, f"{out_dir}/rank{rank}.pt")
+    torch.save(result, f"{out_dir}/ddp_rank{rank}.pt")
     engine.close()
-    torch.distributed.destroy_process_group()  # still there: close() leaves the caller's group alone
 
 
 def rank_batch(rank: int) -> dict[str, torch.Tensor]:
@@ -238,15 +268,13 @@ def rank_batch(rank: int) -> dict[str, torch.Tensor]:
     return {"input_ids": x, "labels": x}
 
 
-def test_data_parallel_joins_a_process_group_the_caller_created(tmp_path) -> None:
+def test_data_parallel_joins_a_process_group_the_caller_created(caller_group: Path) -> None:
     """No launcher: the workers call init_process_group themselves; DataParallel must train on that group.
 
     It used to fall back to one process there (accelerate reads the ranks from the launcher's
     variables only): each rank then trained alone. The spec's ``bucket_cap_mb`` reaches DDP.
     """
-    spec = dataclasses.replace(make_spec(tmp_path, "ddp"), bucket_cap_mb=1.5)
-    spawn_ranks(ddp_rank, str(spec.save(tmp_path / "run.json")), str(tmp_path))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(caller_group / f"ddp_rank{r}.pt") for r in range(2)]
     assert [(r["rank"], r["world_size"], r["owns_group"]) for r in ranks] == [(0, 2, False), (1, 2, False)]
     assert [r["wrapped"] for r in ranks] == ["DistributedDataParallel"] * 2
     assert [r["bucket_bytes"] for r in ranks] == [int(1.5 * 2**20)] * 2

@@ -3,7 +3,7 @@
 ``Index.build(documents, config)`` chunks the documents, indexes the chunks for BM25 and embeds them
 into a vector index; ``index.search(query, k)`` returns :class:`Hit` objects (chunk and document id,
 score, character offsets, text). ``save``/``load`` persist it to a folder (no pickle: JSON, JSON Lines and
-NumPy files); ``add`` and ``delete`` change it without re-embedding what is already there.
+NumPy files, the vector index included); ``add`` and ``delete`` change it without re-embedding what is already there.
 
 Hybrid search fuses the BM25 and dense rankings (:mod:`llmbook.rag.fusion`). ``language_aware``
 scales the dense weight by the share of the query's tokens the embedder knows: all-MiniLM-L6-v2 maps
@@ -28,7 +28,8 @@ from llmbook.rag.fusion import Ranked, reciprocal_rank_fusion, weighted_score_fu
 from llmbook.rag.tokens import search_tokens
 
 MODES = ("bm25", "dense", "hybrid")
-VECTOR_INDEXES = ("exact", "ivf", "hnsw")
+VECTOR_INDEX_CLASSES = {"exact": vector_index.ExactIndex, "ivf": vector_index.IVFIndex, "hnsw": vector_index.HNSWIndex}
+VECTOR_INDEXES = tuple(VECTOR_INDEX_CLASSES)
 FUSIONS = ("rrf", "weighted")
 
 
@@ -243,6 +244,7 @@ class Index:
                                                   "start": chunk.start, "end": chunk.end, "meta": chunk.meta}
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
         np.save(folder / "vectors.npy", self.vectors)
+        self.dense.save(folder / "vector_index.npz")  # an HNSW graph costs minutes to rebuild at scale
         return folder
 
     @classmethod
@@ -264,9 +266,6 @@ class Index:
         with open(folder / "chunks.jsonl", encoding="utf-8") as rows:
             index.chunks = [None if row is None else Chunk(**row) for row in map(json.loads, rows)]
         index.vectors = np.load(folder / "vectors.npy")
-        index.dense = index._new_vector_index(index.vectors)  # rebuilt: deterministic from the vectors
-        deleted = [i for i, c in enumerate(index.chunks) if c is None]
-        if deleted:
-            index.dense.remove(np.array(deleted, dtype=np.int64))
-        index._reindex_bm25()
+        index.dense = VECTOR_INDEX_CLASSES[config.vector_index].load(folder / "vector_index.npz")
+        index._reindex_bm25()  # a tokenisation pass: cheaper than storing the postings
         return index
