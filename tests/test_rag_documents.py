@@ -186,3 +186,19 @@ def test_ranking_metrics_equal_sklearn_and_hand_values() -> None:
     assert recall_at_k(["a", "b", "c"], {"c", "d"}, 2) == 0.0 and recall_at_k(["a", "b", "c"], {"c", "d"}, 3) == 0.5
     metrics = per_query_metrics([["a", "b"], ["b", "a"]], [{"a"}, {"a"}])
     assert metrics["R@1"].tolist() == [1.0, 0.0] and metrics["MRR"].tolist() == [1.0, 0.5]
+
+
+def test_token_chunks_count_model_tokens_past_the_tokenizers_own_truncation() -> None:
+    from transformers import AutoTokenizer
+
+    from llmbook.rag.chunking import tokenizer_spans
+    from llmbook.rag.embeddings import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    doc = Document(id="d", text=" ".join(f"word{i % 50} and more text" for i in range(200)))
+    spans = tokenizer_spans(tokenizer)(doc.text)
+    assert len(spans) == len(tokenizer(doc.text, add_special_tokens=False, truncation=False)["input_ids"]) > 512
+    chunks = chunk_by_tokens(doc, size=128, overlap=16, spans=tokenizer_spans(tokenizer))
+    assert len(chunks) == -(-(len(spans) - 16) // 112)
+    assert all(len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) <= 128 for c in chunks)
+    assert all(doc.text[c.start:c.end] == c.text for c in chunks)

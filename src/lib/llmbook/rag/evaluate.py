@@ -69,14 +69,18 @@ def evaluate_retriever(retrieve: Callable[[str], Sequence[str]], queries: Sequen
                       seconds_per_query=seconds)
 
 
-def results_table(results: dict[tuple[str, str], Evaluation], *, metrics: Sequence[str] = ("R@1", "R@10", "MRR"),
-                  seed: int = 0) -> pd.DataFrame:
-    """One row per (method, query kind): each metric's mean and the ends of its 95 % bootstrap interval."""
+def results_table(results: dict[tuple[str, str], Evaluation], *,
+                  metrics: Sequence[str] = ("R@1", "R@5", "R@10", "MRR", "nDCG@10"),
+                  intervals: Sequence[str] = ("MRR",), seed: int = 0) -> pd.DataFrame:
+    """One row per (method, query kind): each metric's mean, and for ``intervals`` the ends of its 95 %
+    bootstrap interval over queries (columns ``"<metric> low"``, ``"<metric> high"``)."""
     rows = []
     for (method, kind), evaluation in results.items():
         row: dict[str, object] = {"method": method, "queries": kind, "n": len(evaluation.rankings)}
-        for name, interval in summarize({m: evaluation.metrics[m] for m in metrics}, seed=seed).items():
-            row.update({name: interval.estimate, f"{name} low": interval.low, f"{name} high": interval.high})
+        for name in metrics:
+            row[name] = float(evaluation.metrics[name].mean())
+        for name, interval in summarize({m: evaluation.metrics[m] for m in intervals}, seed=seed).items():
+            row.update({f"{name} low": interval.low, f"{name} high": interval.high})
         rows.append(row)
     return pd.DataFrame(rows).set_index(["method", "queries"])
 
