@@ -33,7 +33,8 @@ book: setup
 
 test: setup
 	$(BIN)/ruff check .
-	LLMBOOK_REQUIRE_SPARK=1 LLMBOOK_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	# One OpenBLAS thread: with both cores busy (two workers), a second BLAS thread slows small calls many times.
+	OPENBLAS_NUM_THREADS=1 LLMBOOK_REQUIRE_SPARK=1 LLMBOOK_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 bench: setup
 	mkdir -p benchmarks/results

@@ -279,6 +279,10 @@ class DeepSpeedZero(_Distributed):
         self._deepspeed = deepspeed
         self.config = config
         self.owns_process_group = not torch.distributed.is_initialized()  # else DeepSpeed joins the caller's
+        if not use_gpu:
+            # On CPU, init_distributed JIT-compiles a shared-memory all-reduce (~80 s) that only DeepSpeed's
+            # inference engine uses, never ZeRO training: mark it unavailable so nothing is built.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         self.device = torch.device("cpu")
