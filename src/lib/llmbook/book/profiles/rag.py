@@ -23,7 +23,7 @@ class RagChapterConfig(TorchChapterConfig):
                                                gpu=(250, 500, 1000, 2000, 4000))
     dense_weights: tuple[float, ...] = (0.3, 0.5, 0.7)  # hybrid fusion weights tried on dev
     candidates: int = 30  # hits per retriever fused, and reranked
-    rerank_depth: int = per_profile(smoke=5, cpu=20, gpu=50)  # top hybrid hits the cross-encoder reorders
+    rerank_depth: int = per_profile(smoke=5, cpu=20, gpu=30)  # top hybrid hits the cross-encoder reorders
     rerank_epochs: int = per_profile(smoke=1, cpu=1, gpu=2)  # cross-encoder fine-tuning passes
     # tokens per (question, passage) pair the cross-encoder reads; MiniLM's own limit is 256
     rerank_max_length: int = per_profile(smoke=96, cpu=256, gpu=256)
