@@ -156,7 +156,8 @@ def test_k1_and_k3_are_unbiased() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.floats(-30, 0), st.floats(-30, 0))
 def test_k3_is_never_negative(logp: float, ref: float) -> None:
-    assert kl_per_token(torch.tensor([logp]), torch.tensor([ref]), "k3").item() >= 0
+    # exp(r) - r - 1 >= 0 exactly; in float32 it rounds to about -6e-8 for r within an ulp of 0
+    assert kl_per_token(torch.tensor([logp]), torch.tensor([ref]), "k3").item() >= -1e-6
 
 
 def test_kl_shaped_rewards_by_hand() -> None:
