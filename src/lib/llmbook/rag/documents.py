@@ -35,11 +35,6 @@ class Chunk:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def whole_document_chunks(documents: list[Document]) -> list[Chunk]:
-    """One chunk per document (what short FAQ answers need): ``<doc_id>#0`` spanning all of its text."""
-    return [Chunk(id=f"{d.id}#0", doc_id=d.id, text=d.text, start=0, end=len(d.text), meta=d.meta) for d in documents]
-
-
 # Loading a user's files ------------------------------------------------------------------------------
 
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".rst", ".text", ""})

@@ -82,6 +82,7 @@ class Index:
         self.config = config
         self.embedder = embedder
         self.chunks: list[Chunk | None] = []  # position = vector id; None once deleted
+        self._positions: dict[str, int] = {}  # live chunk id -> position: lookups on the search path are O(1)
         self.vectors = np.zeros((0, 0), dtype=np.float32)  # (N, D) unit vectors, one per position
         self.bm25: BM25 | None = None
         self._bm25_positions: list[int] = []  # BM25 row -> chunk position
@@ -120,6 +121,7 @@ class Index:
         vectors = self.embedder.encode([c.text for c in chunks], progress=progress).astype(np.float32)
         first = len(self.chunks)
         self.chunks.extend(chunks)
+        self._positions.update({c.id: first + i for i, c in enumerate(chunks)})
         self.vectors = vectors if first == 0 else np.concatenate([self.vectors, vectors])
         if self.dense is None:
             self.dense = self._new_vector_index(self.vectors)
@@ -154,6 +156,7 @@ class Index:
         targets = set(doc_ids)
         positions = [i for i, c in enumerate(self.chunks) if c is not None and c.doc_id in targets]
         for i in positions:
+            del self._positions[self.chunks[i].id]
             self.chunks[i] = None
         if positions:
             self.dense.remove(np.array(positions, dtype=np.int64))
@@ -164,7 +167,7 @@ class Index:
         return {c.doc_id for c in self.chunks if c is not None}
 
     def __len__(self) -> int:
-        return sum(c is not None for c in self.chunks)
+        return len(self._positions)
 
     # searching --------------------------------------------------------------------------------------
     def bm25_ranking(self, query: str, n: int) -> Ranked:
@@ -183,8 +186,7 @@ class Index:
 
     def cosines(self, query: str, chunk_ids: list[str]) -> np.ndarray:
         """The embedder's cosine between ``query`` and each chunk (a score with a meaning, unlike RRF's)."""
-        position = {c.id: i for i, c in enumerate(self.chunks) if c is not None}
-        vectors = self.vectors[[position[c] for c in chunk_ids]]  # (n, D)
+        vectors = self.vectors[[self._positions[c] for c in chunk_ids]]  # (n, D)
         return vectors @ self.embedder.encode([query])[0]
 
     def dense_weight(self, query: str, *, weight: float | None = None, language_aware: bool | None = None) -> float:
@@ -218,18 +220,14 @@ class Index:
 
     def search(self, query: str, k: int = 10, *, mode: str | None = None) -> list[Hit]:
         """The ``k`` best chunks for ``query``."""
-        by_id = self._chunks_by_id()
-        return [self.hit(by_id[chunk_id], score) for chunk_id, score in self.ranking(query, k, mode=mode)]
+        return [self.hit(self.chunk(chunk_id), score) for chunk_id, score in self.ranking(query, k, mode=mode)]
 
     def hit(self, chunk: Chunk, score: float) -> Hit:
         return Hit(chunk_id=chunk.id, doc_id=chunk.doc_id, score=score, start=chunk.start, end=chunk.end,
                    text=chunk.text, meta=chunk.meta)
 
-    def _chunks_by_id(self) -> dict[str, Chunk]:
-        return {c.id: c for c in self.chunks if c is not None}
-
     def chunk(self, chunk_id: str) -> Chunk:
-        return self._chunks_by_id()[chunk_id]
+        return self.chunks[self._positions[chunk_id]]
 
     # persistence ------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -265,6 +263,7 @@ class Index:
         index = cls(config, embedder)
         with open(folder / "chunks.jsonl", encoding="utf-8") as rows:
             index.chunks = [None if row is None else Chunk(**row) for row in map(json.loads, rows)]
+        index._positions = {c.id: i for i, c in enumerate(index.chunks) if c is not None}
         index.vectors = np.load(folder / "vectors.npy")
         index.dense = VECTOR_INDEX_CLASSES[config.vector_index].load(folder / "vector_index.npz")
         index._reindex_bm25()  # a tokenisation pass: cheaper than storing the postings
