@@ -126,10 +126,9 @@ def test_chapter_map_marks_what_is_coming_without_links(html_dir: Path) -> None:
     intro = (html_dir / "book" / "intro.html").read_text()
     coming = intro[intro.index('id="coming"') :]
     coming = coming[: coming.index("</table>")]
-    for topic in ("Compression", "Inference and serving"):
-        assert topic in coming, topic
-    assert coming.count(">coming<") == 2
-    for written in ("LoRA", "Post-training", "Retrieval-augmented"):
+    assert "Inference and serving" in coming
+    assert coming.count(">coming<") == 1
+    for written in ("LoRA", "Post-training", "Compression", "Retrieval-augmented"):
         assert written not in coming, f"the {written} chapter exists: it belongs in the map above, with its link"
     assert "<a " not in coming.split("</h3>", 1)[1], "a coming chapter has no page to link to"
 

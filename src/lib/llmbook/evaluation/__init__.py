@@ -2,6 +2,23 @@
 and test so that a method is tuned on dev and reported on test; rewards that check answers; and the
 statistics that say how much a score measured on a few hundred prompts can be trusted."""
 
+from llmbook.evaluation.likelihood import (
+    ChoiceScore,
+    MultipleChoiceItem,
+    PerplexityResult,
+    accuracy_from_scores,
+    continuation_task,
+    document_token_ids,
+    encode_pair,
+    heldout_text_split,
+    multiple_choice_accuracy,
+    perplexity,
+    score_choices,
+    sliding_windows,
+    split_sentences,
+    token_log_likelihoods,
+    wikipedia_documents,
+)
 from llmbook.evaluation.rewards import (
     RewardScores,
     cjk_share,
@@ -58,4 +75,19 @@ __all__ = [
     "task_reward",
     "win_rate",
     "word_problem_task",
+    "ChoiceScore",
+    "MultipleChoiceItem",
+    "PerplexityResult",
+    "accuracy_from_scores",
+    "continuation_task",
+    "document_token_ids",
+    "encode_pair",
+    "heldout_text_split",
+    "multiple_choice_accuracy",
+    "perplexity",
+    "score_choices",
+    "sliding_windows",
+    "split_sentences",
+    "token_log_likelihoods",
+    "wikipedia_documents",
 ]

@@ -18,6 +18,7 @@ from llmbook.book.profiles.base import (
     TorchChapterConfig,
     per_profile,
 )
+from llmbook.book.profiles.compression import CompressionChapterConfig
 from llmbook.book.profiles.lora import LoraChapterConfig
 from llmbook.book.profiles.post_training import PostTrainingConfig
 from llmbook.book.profiles.pretraining import PretrainingConfig
@@ -47,6 +48,7 @@ CHAPTER_CONFIGS: dict[str, type[ChapterConfig]] = {
     "pretraining": PretrainingConfig,
     "post_training": PostTrainingConfig,
     "lora": LoraChapterConfig,
+    "compression": CompressionChapterConfig,
     "rag": RagChapterConfig,
 }
 
