@@ -38,7 +38,7 @@ test: setup
 
 bench: setup
 	mkdir -p benchmarks/results
-	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+	for script in benchmarks/[!_]*.py; do $(BIN)/python $$script || exit 1; done
 	@echo "results: benchmarks/results/*.json"
 
 clean:

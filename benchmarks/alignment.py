@@ -33,16 +33,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from _results import write_results
 from llmbook.alignment.grpo import checker, train_grpo
 from llmbook.alignment.preference import (
     EncodedPair,
@@ -282,14 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["grpo"] = grpo_step_time(base, tokenizer, steps=grpo_steps, prompts=args.prompts, group=args.group,
                                      new_tokens=new_tokens)
     results["section_s"]["grpo"] = time.perf_counter() - t0
-    results["load_average_1_5_15_at_end"] = list(os.getloadavg())
-    results["runtime_s"] = time.perf_counter() - t_start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(summary(results))
-    print(f"wrote {out}")
-    return results
+    return write_results(results, args.out, summary(results), t_start)
 
 
 if __name__ == "__main__":

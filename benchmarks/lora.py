@@ -60,6 +60,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from _results import write_results
 from llmbook.chain.pretrained import load_pretrained, load_pretrained_nf4
 from llmbook.compression.nf4 import Nf4Linear, dequantize_4bit, quantize_4bit
 from llmbook.lora import LoraConfig, add_adapter, count_parameters
@@ -473,14 +474,8 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             results[name] = run()
             results["section_s"][name] = time.perf_counter() - t0
-    results["load_average_1_5_15_at_end"] = list(os.getloadavg())
-    results["runtime_s"] = time.perf_counter() - t_start
-    out = Path(args.out or f"benchmarks/results/lora{'_cuda' if args.device == 'cuda' else ''}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(summary(results))
-    print(f"wrote {out}")
-    return results
+    out = args.out or f"benchmarks/results/lora{'_cuda' if args.device == 'cuda' else ''}.json"
+    return write_results(results, out, summary(results), t_start)
 
 
 if __name__ == "__main__":

@@ -37,19 +37,18 @@ one FAISS bundles, with the CPU kernel each picked) are recorded: FAISS's exhaus
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import bm25s
 import faiss
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from _results import write_results
 from llmbook.rag.bm25 import BM25, BM25Config
 from llmbook.rag.vector_index import ExactIndex, HNSWIndex, IVFIndex, clustered_vectors, recall_at_k
 
@@ -294,14 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         results["vectors"] = vector_section(n, n_queries, repeats)
         results["section_s"]["vectors"] = time.perf_counter() - t0
-    results["load_average_1_5_15_at_end"] = list(os.getloadavg())
-    results["runtime_s"] = time.perf_counter() - t_start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(summary(results))
-    print(f"wrote {out}")
-    return results
+    return write_results(results, args.out, summary(results), t_start)
 
 
 if __name__ == "__main__":

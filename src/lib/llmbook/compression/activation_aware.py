@@ -320,9 +320,7 @@ def to_w8a8(module: nn.Module, names: Sequence[str] | None = None) -> nn.Module:
         for name, layer in linear_layers(block).items():
             if names is not None and name not in names:
                 continue
-            parent_name, _, child = name.rpartition(".")
-            parent = block.get_submodule(parent_name) if parent_name else block
-            setattr(parent, child, W8A8Linear(layer))
+            block.set_submodule(name, W8A8Linear(layer))
     return module
 
 

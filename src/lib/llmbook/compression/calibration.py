@@ -122,8 +122,17 @@ def block_stats(block: nn.Module, inputs: list[tuple[tuple, dict[str, Any]]]) ->
     """Run ``block`` on each recorded ``(args, kwargs)`` and return the input statistics of its linears by name."""
     layers = linear_layers(block)
     stats = {name: LinearStats(in_features=layer.in_features) for name, layer in layers.items()}
+    previous: dict[str, Any] = {"input": None, "name": None}
+
+    def record(name: str, x: torch.Tensor) -> None:
+        if x is previous["input"]:  # the same tensor as the layer before (q, k, v; gate, up): same statistics
+            stats[name] = stats[previous["name"]]
+            return
+        previous.update(input=x, name=name)
+        stats[name].update(x)
+
     handles = [
-        layer.register_forward_pre_hook(lambda _module, args, name=name: stats[name].update(args[0]))
+        layer.register_forward_pre_hook(lambda _module, args, name=name: record(name, args[0]))
         for name, layer in layers.items()
     ]
     try:
@@ -133,7 +142,7 @@ def block_stats(block: nn.Module, inputs: list[tuple[tuple, dict[str, Any]]]) ->
     finally:
         for handle in handles:
             handle.remove()
-    return stats
+    return stats  # layers that read the same input share one LinearStats object
 
 
 def _refresh(stats: dict[str, LinearStats], block: nn.Module, inputs: list[tuple[tuple, dict[str, Any]]]) -> None:

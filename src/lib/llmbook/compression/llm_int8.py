@@ -140,9 +140,7 @@ def to_llm_int8(
     ``load_in_8bit``). Returns the model."""
     for block in decoder_blocks(model):
         for name, layer in linear_layers(block).items():
-            parent_name, _, child = name.rpartition(".")
-            parent = block.get_submodule(parent_name) if parent_name else block
-            setattr(parent, child, Int8MixedLinear(layer, threshold=threshold, outlier_weights=outlier_weights))
+            block.set_submodule(name, Int8MixedLinear(layer, threshold=threshold, outlier_weights=outlier_weights))
     return model
 
 

@@ -258,11 +258,6 @@ def low_rank_linear(
     return LowRankLinear.from_linear(layer, a, b)
 
 
-def _replace(module: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(module.get_submodule(parent_name) if parent_name else module, child, new)
-
-
 def factorize_model(
     model: nn.Module, batches: list[torch.Tensor] | None, config: LowRankConfig, *, progress: bool = False
 ) -> dict[str, LowRankLinear]:
@@ -282,7 +277,7 @@ def factorize_model(
                 alpha=config.alpha,
                 damp=config.damp,
             )
-            _replace(block, name, new)
+            block.set_submodule(name, new)
             done[f"{index}.{name}"] = new
 
     if config.method == "svd":
