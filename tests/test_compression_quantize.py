@@ -372,3 +372,17 @@ def test_missing_library_is_reported(weight, monkeypatch):
         hqq_4bit(weight)
     (row,) = compare_with_references(weight, names=["hqq_4bit"])
     assert row["status"] == "not installed" and row["max_abs_diff"] is None, row
+
+
+def test_dynamic_int8_refuses_to_untie_a_tied_output_head():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=64, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    with pytest.raises(ValueError, match="tied embeddings.*keep_float=\\('lm_head',\\)"):
+        dynamic_int8(model)
+    quantized = dynamic_int8(model, keep_float=("lm_head",))
+    assert isinstance(quantized.lm_head, torch.nn.Linear)  # still float, still the embedding's matrix
+    assert quantized.lm_head.weight is quantized.model.embed_tokens.weight

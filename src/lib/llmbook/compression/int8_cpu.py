@@ -48,6 +48,12 @@ def dynamic_int8(model: nn.Module, *, per_channel: bool = True, keep_float: Iter
                 "float32 CPU modules; call model.float().cpu() first"
             )
     keep = list(keep_float)
+    tied = [name for name, layer in linears.items() if _is_tied_embedding(model, layer) and name not in keep]
+    if tied:
+        raise ValueError(
+            f"{tied[0]} shares its weight with the input embedding (tied embeddings): an int8 copy would untie "
+            f"them and store the matrix twice. Pass keep_float=({tied[0]!r},) to keep it in float32"
+        )
     unknown = [n for n in keep if n not in linears]
     if unknown:
         raise ValueError(f"keep_float names {unknown} are not linear layers of the model; e.g. {list(linears)[:3]}")
@@ -58,6 +64,13 @@ def dynamic_int8(model: nn.Module, *, per_channel: bool = True, keep_float: Iter
         for category, message in _DEPRECATIONS:
             warnings.filterwarnings("ignore", message=message, category=category)
         return quantize_dynamic(copy.deepcopy(model), qconfig_spec=spec, dtype=torch.qint8)
+
+
+def _is_tied_embedding(model: nn.Module, layer: nn.Linear) -> bool:
+    """Whether ``layer`` is the output head of a model whose input embedding holds the same weight tensor."""
+    get_input = getattr(model, "get_input_embeddings", None)
+    embedding = get_input() if callable(get_input) else None
+    return embedding is not None and layer.weight is embedding.weight
 
 
 @torch.inference_mode()

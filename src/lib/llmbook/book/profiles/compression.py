@@ -19,6 +19,9 @@ class CompressionChapterConfig(TorchChapterConfig):
     eval_tokens: int = per_profile(smoke=256, cpu=4096, gpu=65536)  # held-out tokens scored for perplexity
     eval_context: int = per_profile(smoke=64, cpu=512, gpu=2048)  # window of the perplexity evaluation
     choice_items: int = per_profile(smoke=4, cpu=24, gpu=1000)  # multiple-choice test items (continuations)
+    # score the multiple-choice items for every frontier row, or only for the full-precision model (smoke: the
+    # code path runs once; the scores of a one-block model are noise anyway)
+    choices_every_row: bool = per_profile(smoke=False, cpu=True, gpu=True)
     # columns per quantisation group: SmolLM2-135M is 576 wide, which 128 does not divide (576 = 9 x 64)
     group_size: int = 64
     rtn_bits: tuple[int, ...] = (8, 4, 3)  # round-to-nearest bit widths on the frontier
