@@ -13,19 +13,20 @@ class CompressionChapterConfig(TorchChapterConfig):
     model: str | None = per_profile(smoke=None, cpu=None, gpu="HuggingFaceTB/SmolLM2-1.7B-Instruct")
     layers: int | None = per_profile(smoke=1, cpu=None, gpu=None)  # first N decoder blocks: a cheap smoke model
     torch_threads: int | None = per_profile(smoke=1, cpu=None, gpu=None)
-    # calibration: GPTQ's paper uses 128 random 2048-token segments; a 135M model on 2 cores gets fewer, shorter ones
-    calibration_samples: int = per_profile(smoke=4, cpu=16, gpu=128)
+    # calibration: GPTQ's paper uses 128 random 2048-token segments; a 135M model on 2 cores gets fewer, shorter
+    # ones, still more tokens (2048) than the widest layer has inputs (1536), so every Hessian has full rank
+    calibration_samples: int = per_profile(smoke=4, cpu=8, gpu=128)
     calibration_len: int = per_profile(smoke=64, cpu=256, gpu=2048)
-    eval_tokens: int = per_profile(smoke=256, cpu=4096, gpu=65536)  # held-out tokens scored for perplexity
+    eval_tokens: int = per_profile(smoke=256, cpu=2048, gpu=65536)  # held-out tokens scored for perplexity
     eval_context: int = per_profile(smoke=64, cpu=512, gpu=2048)  # window of the perplexity evaluation
-    choice_items: int = per_profile(smoke=4, cpu=24, gpu=1000)  # multiple-choice test items (continuations)
+    choice_items: int = per_profile(smoke=4, cpu=16, gpu=1000)  # multiple-choice test items (continuations)
     # score the multiple-choice items for every frontier row, or only for the full-precision model (smoke: the
     # code path runs once; the scores of a one-block model are noise anyway)
     choices_every_row: bool = per_profile(smoke=False, cpu=True, gpu=True)
     # columns per quantisation group: SmolLM2-135M is 576 wide, which 128 does not divide (576 = 9 x 64)
     group_size: int = 64
     rtn_bits: tuple[int, ...] = (8, 4, 3)  # round-to-nearest bit widths on the frontier
-    awq_grid: int = per_profile(smoke=4, cpu=20, gpu=20)  # AWQ's exponents alpha tried per scaling group
+    awq_grid: int = per_profile(smoke=4, cpu=10, gpu=20)  # AWQ's exponents alpha tried per scaling group
     smoothquant_alpha: float = 0.5  # SmoothQuant's migration strength
     int8_threshold: float = 6.0  # LLM.int8(): input columns with |x| above this stay in floating point
     sparsity: float = 0.5  # unstructured pruning target (2:4 is always 50 %)
