@@ -55,7 +55,10 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
 
 
 def model_bytes(model: nn.Module, linear_bits: float, other_bits: float = 16) -> int:
-    """Storage of ``model`` with its decoder linears at ``linear_bits`` per weight and the rest at ``other_bits``."""
+    """Storage of ``model`` with its decoder linears at ``linear_bits`` per weight and the rest at ``other_bits``.
+
+    Pass the uncompressed model: methods that swap ``nn.Linear`` for their own modules (LLM.int8, W8A8, low
+    rank) change what this counts; their ``linear_bits`` are per weight of the original layers."""
     linear, other = parameter_counts(model)
     return round((linear * linear_bits + other * other_bits) / 8)
 
@@ -259,5 +262,7 @@ def factorized(
     def build(m: nn.Module) -> None:
         low_rank.factorize_model(m, batches, config, progress=progress)
 
-    # the factors are the layers now: their own (fewer) weights, stored in 16 bits
-    return _timed(f"SVD ({method}) {keep_fraction:.0%} params", 16, build, model)
+    result = _timed(f"SVD ({method}) {keep_fraction:.0%} params", 16, build, model)
+    # 16-bit factors, counted per weight of the original layers they replace
+    result.linear_bits = 16 * parameter_counts(result.model)[0] / parameter_counts(model)[0]
+    return result
