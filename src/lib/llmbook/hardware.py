@@ -25,6 +25,19 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "V100": {"fp16": 125e12, "fp32": 15.7e12},
 }
 
+# datasheet memory bandwidth in bytes/s (HBM or GDDR): what bounds decoding, which reads every weight per step
+PEAK_BANDWIDTH: dict[str, float] = {
+    "H100 SXM": 3.35e12,
+    "H100 PCIe": 2.0e12,
+    "H200": 4.8e12,
+    "A100": 2.039e12,  # 80 GB SXM
+    "L40S": 864e9,
+    "L4": 300e9,
+    "A10": 600e9,
+    "RTX 4090": 1008e9,
+    "V100": 900e9,
+}
+
 # a device name that names the chip but none of its listed variants: e.g. "NVIDIA H100 80GB HBM3" is the SXM part
 DEFAULT_VARIANT = {"H100": "H100 SXM"}
 
@@ -43,10 +56,21 @@ def peak_flops(device: str, precision: str = "bf16") -> float | None:
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    entry = _entry(device)
+    return None if entry is None else PEAK_FLOPS[entry].get(precision)
+
+
+def memory_bandwidth(device: str) -> float | None:
+    """Datasheet memory bandwidth (bytes/s) of ``device``, matched as in :func:`peak_flops`; None if unknown."""
+    entry = _entry(device)
+    return None if entry is None else PEAK_BANDWIDTH.get(entry)
+
+
+def _entry(device: str) -> str | None:
+    """The table entry whose words are all words of ``device`` (the most specific one), or None."""
     words = _words(device)
     names = {key: key for key in PEAK_FLOPS} | DEFAULT_VARIANT
     matches = [key for key in names if _words(key) <= words]
     if not matches:
         return None
-    best = max(matches, key=lambda key: len(_words(key)))
-    return PEAK_FLOPS[names[best]].get(precision)
+    return names[max(matches, key=lambda key: len(_words(key)))]

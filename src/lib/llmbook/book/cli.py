@@ -1,4 +1,4 @@
-"""The `llmbook` command: list, run, build and export chapters; fetch published vocabularies; `rag` search.
+"""The `llmbook` command: list, run, build, export chapters; fetch vocabularies; `rag` search; `serve` a model.
 
 Exit codes: 0 success, 1 a chapter or the site build failed, 2 bad command-line input
 (unknown chapter, profile or parameter, wrong type, impossible value).
@@ -15,6 +15,7 @@ from typing import Any
 
 from llmbook.book import profiles, runner
 from llmbook.book.rag_cli import add_rag_commands
+from llmbook.book.serve_cli import add_serve_command
 from llmbook.tokenization.published import fetch_published_vocabularies
 
 
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     assets.set_defaults(handler=_assets)
 
     add_rag_commands(commands)
+    add_serve_command(commands)
     return parser
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from llmbook.progress import ProgressBar
 
 from llmbook.decoding import process_logits
 from llmbook.serving.kv_cache import BlockAllocator
@@ -62,6 +62,9 @@ class StepRecord:
     work: list[tuple[str, int, int, str]]  # (request id, sample index, tokens, "prefill" or "decode")
     preempted: list[str]
     blocks_used: int
+    slots_allocated: int  # KV slots in the blocks the running sequences hold (after the step)
+    slots_filled: int  # of which hold a token
+    slots_contiguous: int  # what per-request contiguous caches would reserve: prompt + max_tokens each
 
 
 @dataclass(kw_only=True)
@@ -190,10 +193,13 @@ class Engine:
                 outputs += self._advance(seq, row)
         self._steps += 1
         if self.config.trace:
+            allocated, filled = self.kv_usage()
             self.trace.append(StepRecord(
                 step=self._steps, start=began - self._born, seconds=time.perf_counter() - began,
                 work=[(s.request_id, s.index, n, kind) for (s, n), kind in zip(plan.work, kinds, strict=True)],
-                preempted=[s.request_id for s in plan.preempted], blocks_used=self.allocator.num_used))
+                preempted=[s.request_id for s in plan.preempted], blocks_used=self.allocator.num_used,
+                slots_allocated=allocated, slots_filled=filled,
+                slots_contiguous=sum(s.prompt_len + s.params.max_tokens for s in self.scheduler.running)))
         return outputs
 
     def _advance(self, seq: Sequence, logits: torch.Tensor) -> list[RequestOutput]:
@@ -277,7 +283,7 @@ class Engine:
             results[rid] = Generation(request_id=rid, prompt_token_ids=list(self.sequences[rid][0].tokens),
                                       samples=[None] * p.n)  # type: ignore[list-item]
         total = sum(p.max_tokens * p.n for p in params_list)
-        with tqdm(total=total, disable=not progress, desc="generate", unit="tok") as bar:
+        with ProgressBar(total=total, disable=not progress, desc="generate", unit="tok") as bar:
             while self.has_unfinished():
                 for out in self.step():
                     bar.update(len(out.new_token_ids))

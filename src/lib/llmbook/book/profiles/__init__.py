@@ -24,6 +24,7 @@ from llmbook.book.profiles.post_training import PostTrainingConfig
 from llmbook.book.profiles.pretraining import PretrainingConfig
 from llmbook.book.profiles.pretraining_data import PretrainingDataConfig
 from llmbook.book.profiles.rag import RagChapterConfig
+from llmbook.book.profiles.serving import ServingChapterConfig
 from llmbook.book.profiles.tokenization import TokenizationConfig
 
 __all__ = [
@@ -49,6 +50,7 @@ CHAPTER_CONFIGS: dict[str, type[ChapterConfig]] = {
     "post_training": PostTrainingConfig,
     "lora": LoraChapterConfig,
     "compression": CompressionChapterConfig,
+    "serving": ServingChapterConfig,
     "rag": RagChapterConfig,
 }
 
