@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from llmbook.progress import ProgressBar
 
 from llmbook.decoding import process_logits
+from llmbook.progress import ProgressBar
 from llmbook.serving.kv_cache import BlockAllocator
 from llmbook.serving.model_runner import Chunk, PagedModelRunner
 from llmbook.serving.params import RequestOutput, SamplingParams
