@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TYPE_CHECKING
 
 import torch
 
 from llmbook.chain.pretrained import SMOLLM2, load_pretrained
+from llmbook.serving.async_engine import AsyncEngine
 from llmbook.serving.engine import Engine, EngineConfig
-
-if TYPE_CHECKING:
-    from llmbook.serving.server import Server
+from llmbook.serving.server import Server
 
 DRAIN_SECONDS = 30.0  # how long Ctrl-C lets requests in flight run on
 
@@ -64,10 +62,6 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    # fastapi and uvicorn are the optional `serving` extra: imported here, so the rest of the CLI runs without them
-    from llmbook.serving.async_engine import AsyncEngine
-    from llmbook.serving.server import Server
-
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_pretrained(args.model)

@@ -10,7 +10,7 @@
   the HTTP layer; :mod:`~llmbook.serving.load` a Poisson load generator, and
   :mod:`~llmbook.serving.baselines` Hugging Face ``generate`` served the naive ways, for comparison.
 
-The HTTP layer needs the ``serving`` extra (fastapi, uvicorn; openai for the client side).
+The ``serving`` extra adds the official ``openai`` client the server is tested and shown with.
 """
 
 from llmbook.serving.engine import Engine, EngineConfig, Generation
