@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from llmbook.chain.pretrained import load_pretrained, smollm2_dir
@@ -252,3 +253,15 @@ def test_engine_on_smollm2_equals_generate_on_chat_prompts():
         ref = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids):].tolist()
         assert gen.samples[0].token_ids == ref
     assert engine.stats().prefix_hit_tokens >= 16  # the chat template's system prompt is shared
+
+
+@pytest.mark.parametrize("family", ["Qwen2", "Qwen3", "Mistral"])
+def test_engine_serves_other_llama_family_models(tokenizer, family):
+    config_class = getattr(transformers, f"{family}Config")
+    model_class = getattr(transformers, f"{family}ForCausalLM")
+    torch.manual_seed(1)
+    config = config_class(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
+    model = model_class(config).eval()  # Qwen2: q/k/v biases; Qwen3: per-head q/k norms
+    engine = Engine(model, tokenizer, EngineConfig(block_size=4, num_blocks=64, max_num_batched_tokens=16))
+    assert run_greedy(engine, PROMPTS[:3], 8) == [hf_greedy(model, p, 8) for p in PROMPTS[:3]]
