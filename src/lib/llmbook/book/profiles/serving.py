@@ -24,7 +24,7 @@ class ServingChapterConfig(TorchChapterConfig):
     batch_sizes: tuple[int, ...] = per_profile(smoke=(1, 4), cpu=(1, 2, 4, 8, 16, 32), gpu=(1, 4, 16, 64, 128))
     decode_tokens: int = per_profile(smoke=4, cpu=16, gpu=64)  # decode steps timed per batch size
     load_requests: int = per_profile(smoke=4, cpu=24, gpu=200)  # requests per load run
-    request_rates: tuple[float, ...] = per_profile(smoke=(math.inf,), cpu=(0.5, 2.0, math.inf),
+    request_rates: tuple[float, ...] = per_profile(smoke=(math.inf,), cpu=(1.0, math.inf),
                                                    gpu=(2.0, 8.0, 32.0, math.inf))  # requests/s (inf: all at once)
     output_tokens: tuple[int, int] = per_profile(smoke=(4, 8), cpu=(16, 96), gpu=(32, 512))  # min, max per request
     static_batch_size: int = per_profile(smoke=2, cpu=8, gpu=32)  # HF static batching
