@@ -1,6 +1,6 @@
 """`llmbook serve`: an OpenAI-compatible HTTP server for a model, on llmbook.serving's engine.
 
-    llmbook serve [MODEL] [--host 127.0.0.1] [--port 8000] [--threads N] [--kv-cache-mb 64]
+    llmbook serve [MODEL] [--host 127.0.0.1] [--port 8000] [--threads N] [--kv-cache-mb 512]
                   [--block-size 16] [--max-num-seqs 32] [--max-waiting 64] [--served-model-name NAME]
 
 MODEL is a Hugging Face id or a local directory (default: SmolLM2-135M-Instruct from the artifact cache).
@@ -52,7 +52,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=_port, default=8000, help="TCP port (0: any free port)")
     serve.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's)")
-    serve.add_argument("--kv-cache-mb", type=_at_least(1e-3, float), default=64.0, help="KV-cache pool size in MiB")
+    serve.add_argument("--kv-cache-mb", type=_at_least(1e-3, float), default=512.0, help="KV-cache pool size in MiB")
     serve.add_argument("--block-size", type=_at_least(1), default=16, help="token slots per KV block")
     serve.add_argument("--max-num-seqs", type=_at_least(1), default=32, help="sequences per batch at most")
     serve.add_argument("--max-waiting", type=_at_least(0), default=64,

@@ -1,6 +1,6 @@
 """The serving engine: requests in, tokens out, one scheduled forward pass per ``step()``.
 
-    engine = Engine(model, tokenizer, EngineConfig(kv_cache_mb=64))
+    engine = Engine(model, tokenizer, EngineConfig(kv_cache_mb=512))
     engine.add_request("a", "Tell me a joke", SamplingParams(max_tokens=32, temperature=0))
     while engine.has_unfinished():
         for output in engine.step():
@@ -35,7 +35,7 @@ from llmbook.serving.scheduler import Scheduler, Sequence
 class EngineConfig:
     block_size: int = 16  # token slots per KV block (vLLM's default)
     num_blocks: int | None = None  # KV pool size in blocks; None = as many as kv_cache_mb holds
-    kv_cache_mb: float = 64.0  # KV pool budget when num_blocks is None
+    kv_cache_mb: float = 512.0  # KV pool budget (MiB) when num_blocks is None; SmolLM2-135M (fp32): 0.7 MiB per block of 16
     max_num_seqs: int = 32  # sequences in one batch at most
     max_num_batched_tokens: int = 256  # tokens per forward pass at most: bounds a step's latency (chunked prefill)
     max_model_len: int | None = None  # prompt + completion tokens at most; None = the model's limit (and the pool's)

@@ -16,7 +16,7 @@ class ServingChapterConfig(TorchChapterConfig):
     # one thread: the server, the load generator and the baselines share two cores (see DESIGN.md)
     torch_threads: int | None = per_profile(smoke=1, cpu=1, gpu=None)
     block_size: int = 16  # token slots per KV block (vLLM's default)
-    kv_cache_mb: float = per_profile(smoke=16.0, cpu=64.0, gpu=8192.0)  # KV pool of the engine
+    kv_cache_mb: float = per_profile(smoke=16.0, cpu=512.0, gpu=8192.0)  # KV pool of the engine (MiB)
     max_num_seqs: int = per_profile(smoke=8, cpu=32, gpu=128)  # sequences per step at most
     max_num_batched_tokens: int = per_profile(smoke=64, cpu=256, gpu=2048)  # tokens per step at most
     equivalence_prompts: int = per_profile(smoke=3, cpu=8, gpu=16)  # prompts compared with transformers.generate
