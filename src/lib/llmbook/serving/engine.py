@@ -35,7 +35,7 @@ from llmbook.serving.scheduler import Scheduler, Sequence
 class EngineConfig:
     block_size: int = 16  # token slots per KV block (vLLM's default)
     num_blocks: int | None = None  # KV pool size in blocks; None = as many as kv_cache_mb holds
-    kv_cache_mb: float = 512.0  # KV pool budget (MiB) when num_blocks is None; SmolLM2-135M (fp32): 0.7 MiB per block of 16
+    kv_cache_mb: float = 512.0  # KV pool (MiB) when num_blocks is None; SmolLM2-135M fp32: 0.7 MiB per 16 tokens
     max_num_seqs: int = 32  # sequences in one batch at most
     max_num_batched_tokens: int = 256  # tokens per forward pass at most: bounds a step's latency (chunked prefill)
     max_model_len: int | None = None  # prompt + completion tokens at most; None = the model's limit (and the pool's)
