@@ -71,12 +71,7 @@ class PagedModelRunner:
         positions = torch.tensor([p for c in chunks for p in range(c.start, c.start + len(c.token_ids))], device=dev)
         slots = [slot_indices(c.block_table, c.start, c.start + len(c.token_ids), bs) for c in chunks]
         slots = torch.tensor([s for chunk_slots in slots for s in chunk_slots], device=dev)  # (N,)
-        width = max(len(c.block_table) for c in chunks)
-        tables = torch.tensor([c.block_table + [0] * (width - len(c.block_table)) for c in chunks],
-                              device=dev)  # (B, blocks): padded with block 0, masked out
-        starts = torch.tensor([c.start for c in chunks], device=dev)
-        query_lens = torch.tensor(lens, device=dev)
-        pad_rows, keep_rows = _padding_index(lens, dev)
+        groups = _attention_groups(chunks, lens, dev)
 
         x = self.backbone.embed_tokens(ids)[None]  # (1, N, C)
         cos, sin = self.backbone.rotary_emb(x, positions[None])  # (1, N, D)
@@ -91,11 +86,13 @@ class PagedModelRunner:
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             self.cache.write(index, slots, k[0].transpose(0, 1), v[0])
-            q_padded = q[0][:, pad_rows].view(self.num_heads, len(chunks), -1, self.head_dim)  # (H, B, T_q, D)
-            q_padded = q_padded.transpose(0, 1)  # (B, H, T_q, D)
-            out = paged_attention(q_padded, self.cache.keys[index], self.cache.values[index], tables, starts,
-                                  query_lens, starts + query_lens, block_size=bs, scale=getattr(attn, "scaling", None))
-            out = out.transpose(1, 2).reshape(-1, self.num_heads * self.head_dim)[keep_rows]  # (N, H*D)
+            out = torch.empty(len(ids), self.num_heads * self.head_dim, dtype=q.dtype, device=dev)  # (N, H*D)
+            for g in groups:
+                q_g = q[0][:, g.rows].view(self.num_heads, g.size, -1, self.head_dim).transpose(0, 1)  # (B, H, L, D)
+                o = paged_attention(q_g, self.cache.keys[index], self.cache.values[index], g.tables, g.starts,
+                                    g.query_lens, g.starts + g.query_lens, block_size=bs,
+                                    scale=getattr(attn, "scaling", None))
+                out[g.rows] = o.transpose(1, 2).reshape(-1, self.num_heads * self.head_dim)
             x = x + attn.o_proj(out)[None]
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         x = self.backbone.norm(x)[0]  # (N, C)
@@ -110,15 +107,30 @@ class PagedModelRunner:
         return out
 
 
-def _padding_index(lens: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat → padded and padded → flat row indices for sequences of ``lens`` new tokens.
+@dataclass(kw_only=True)
+class _AttentionGroup:
+    """Chunks of equal length attended in one call: every decode together, each longer chunk alone
+    (padding a decode to a prefill chunk's length would multiply its attention work)."""
 
-    ``pad_rows (B * T_q,)`` picks, for padded slot ``(b, i)``, flat row ``offset_b + min(i, L_b - 1)``
-    (padding repeats a real row; the mask discards it); ``keep_rows (N,)`` picks the real slots back."""
-    t_q = max(lens)
-    pad_rows, keep_rows, offset = [], [], 0
-    for b, n in enumerate(lens):
-        pad_rows += [offset + min(i, n - 1) for i in range(t_q)]
-        keep_rows += [b * t_q + i for i in range(n)]
-        offset += n
-    return torch.tensor(pad_rows, device=device), torch.tensor(keep_rows, device=device)
+    rows: torch.Tensor  # flat token rows of the group's chunks, chunk by chunk
+    size: int  # chunks in the group
+    tables: torch.Tensor  # (size, blocks) block tables, padded with block 0 (masked out)
+    starts: torch.Tensor  # (size,) tokens already cached per chunk
+    query_lens: torch.Tensor  # (size,) new tokens per chunk
+
+
+def _attention_groups(chunks: list[Chunk], lens: list[int], device: torch.device) -> list[_AttentionGroup]:
+    offsets = torch.tensor([0, *lens]).cumsum(0).tolist()
+    decodes = [i for i, n in enumerate(lens) if n == 1]
+    members = ([decodes] if decodes else []) + [[i] for i, n in enumerate(lens) if n > 1]
+    groups = []
+    for group in members:
+        width = max(len(chunks[i].block_table) for i in group)
+        groups.append(_AttentionGroup(
+            rows=torch.tensor([r for i in group for r in range(offsets[i], offsets[i + 1])], device=device),
+            size=len(group),
+            tables=torch.tensor([chunks[i].block_table + [0] * (width - len(chunks[i].block_table)) for i in group],
+                                device=device),
+            starts=torch.tensor([chunks[i].start for i in group], device=device),
+            query_lens=torch.tensor([lens[i] for i in group], device=device)))
+    return groups

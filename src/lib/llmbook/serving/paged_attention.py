@@ -43,8 +43,14 @@ def paged_attention(q: torch.Tensor, key_pool: torch.Tensor, value_pool: torch.T
     ``H`` may be a multiple of ``H_kv`` (grouped-query attention)."""
     k = gather_kv(key_pool, block_tables, block_size)
     v = gather_kv(value_pool, block_tables, block_size)
-    mask = paged_mask(query_starts, query_lens, context_lens, q.shape[2], k.shape[2])
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    b, heads, t_q, d = q.shape
+    group = heads // k.shape[1]
+    mask = paged_mask(query_starts, query_lens, context_lens, t_q, k.shape[2])
+    # Grouped-query attention without copying keys: the G query heads that share a KV head become G * T_q
+    # rows of one head (head h reads KV head h // G, as transformers' repeat_kv), each with its row of the mask.
+    q = q.reshape(b, heads // group, group * t_q, d)  # (B, H_kv, G * T_q, D)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(1, 1, group, 1), scale=scale)
+    return out.reshape(b, heads, t_q, d)
 
 
 def contiguous_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, *,
