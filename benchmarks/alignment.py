@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["grpo"] = grpo_step_time(base, tokenizer, steps=grpo_steps, prompts=args.prompts, group=args.group,
                                      new_tokens=new_tokens)
     results["section_s"]["grpo"] = time.perf_counter() - t0
-    return write_results(results, args.out, summary(results), t_start)
+    return write_results(results, args.out, summary, t_start)
 
 
 if __name__ == "__main__":

@@ -616,7 +616,7 @@ def main(argv: list[str] | None = None) -> dict:
         with torch_threads(args.calibration_threads if name == "calibrated" else args.threads):
             results[name] = run()
         results["section_s"][name] = time.perf_counter() - t0
-    return write_results(results, args.out, summary(results), t_start)
+    return write_results(results, args.out, summary, t_start)
 
 
 if __name__ == "__main__":

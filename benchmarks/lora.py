@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict:
             results[name] = run()
             results["section_s"][name] = time.perf_counter() - t0
     out = args.out or f"benchmarks/results/lora{'_cuda' if args.device == 'cuda' else ''}.json"
-    return write_results(results, out, summary(results), t_start)
+    return write_results(results, out, summary, t_start)
 
 
 if __name__ == "__main__":

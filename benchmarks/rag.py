@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         results["vectors"] = vector_section(n, n_queries, repeats)
         results["section_s"]["vectors"] = time.perf_counter() - t0
-    return write_results(results, args.out, summary(results), t_start)
+    return write_results(results, args.out, summary, t_start)
 
 
 if __name__ == "__main__":
