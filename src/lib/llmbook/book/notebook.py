@@ -9,11 +9,8 @@ A chapter's ``parameters`` cell holds only what papermill injects (``profile``, 
 from __future__ import annotations
 
 import inspect
-import warnings
 from pathlib import Path
 from typing import Any
-
-from tqdm import TqdmWarning
 
 from llmbook.book import artifacts, plots, report
 from llmbook.book.profiles import ChapterConfig, TorchChapterConfig, require_hardware, resolve
@@ -36,9 +33,6 @@ def open_chapter(
     require_hardware(profile)
     artifacts.use_cache_dir(cache_dir)
     plots.use_book_style()
-    # transformers imports tqdm.auto, which in a kernel without ipywidgets warns once that it falls back
-    # to text bars: exactly what the book wants (llmbook.progress prints one final line), so not news
-    warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
     if isinstance(config, TorchChapterConfig):
         config.apply_threads()
     return config, report.start(chapter, config, runs_dir)
