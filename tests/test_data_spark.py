@@ -43,7 +43,7 @@ def spark():
         _unavailable("no Java runtime (java not on PATH and JAVA_HOME unset)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # pyspark 4.3 warns about pandas >= 3 (unused here)
-        session = local_spark("local[2]", driver_memory="512m", shuffle_partitions=4)
+        session = local_spark("local[2]", driver_memory="512m", shuffle_partitions=2)  # one task per core
     yield session
     session.stop()
 
@@ -73,7 +73,7 @@ def _counts(report) -> list[tuple]:
 def test_book_pipeline_on_spark_matches_in_process(spark):
     cfg = profiles.resolve("pretraining_data", "smoke", en_docs=80, zh_docs=80)
     ours = chain.clean_corpus(cfg)
-    dist = chain.clean_corpus_spark(cfg, spark, num_partitions=4)
+    dist = chain.clean_corpus_spark(cfg, spark, num_partitions=2)
     assert len(ours.raw.docs) > 150 and 0 < len(ours.kept) < len(ours.raw.docs)
     _compare(ours.kept, dist.kept)
     assert _counts(ours.report) == _counts(dist.report)

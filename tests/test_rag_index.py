@@ -109,11 +109,12 @@ def test_add_and_delete_without_rebuilding(corpus, embedder, tmp_path) -> None:
         IndexConfig(vector_index="annoy")
 
 
-def test_approximate_indexes_agree_with_exact(corpus, embedder) -> None:
-    documents = corpus[1]
-    exact = Index.build(documents, IndexConfig(), embedder=embedder)
+def test_approximate_indexes_agree_with_exact(index, corpus, embedder) -> None:
+    documents, exact = corpus[1], index  # the same chunks: their vectors come from the embedder's cache
+    assert exact.config.vector_index == "exact"
     for kind in ("ivf", "hnsw"):
-        approximate = Index.build(documents, IndexConfig(vector_index=kind, nprobe=64), embedder=embedder)
+        config = IndexConfig(chunk_size=exact.config.chunk_size, vector_index=kind, nprobe=64)
+        approximate = Index.build(documents, config, embedder=embedder)
         for pair in corpus[0][:10]:
             ids = [c for c, _ in approximate.ranking(pair.question, 5, mode="dense")]
             assert ids == [c for c, _ in exact.ranking(pair.question, 5, mode="dense")], kind

@@ -45,15 +45,15 @@ def facts(seed: int = 0) -> dict[str, tuple[int, str, str]]:
 
 
 def training_pairs(seed: int = 0) -> list[tuple[str, str, float]]:
-    """Per training question: its passage (1.0), two of the same kind about other objects and one of another
-    kind (0.0): the same-kind negatives leave the object's name as the only clue."""
+    """Per training question: its passage (1.0) and two of the same kind about other objects (0.0), which leave
+    the object's name as the only clue. (A third negative of another kind taught nothing more: seeds 0-3 rank
+    9-10 of 10 held-out passages first without it, and training costs a quarter less.)"""
     rng, table, pairs = random.Random(seed), facts(), []
     for thing in TRAIN:
         kind, question, passage = table[thing]
         same = [other for other in TRAIN if other != thing and table[other][0] == kind]
-        different = [other for other in TRAIN if table[other][0] != kind]
         pairs.append((question, passage, 1.0))
-        pairs += [(question, table[other][2], 0.0) for other in rng.sample(same, 2) + rng.sample(different, 1)]
+        pairs += [(question, table[other][2], 0.0) for other in rng.sample(same, 2)]
     return pairs
 
 
@@ -135,8 +135,9 @@ def test_training_teaches_the_held_out_objects(untrained: CrossEncoderReranker) 
     before = held_out_hits(untrained)
     assert before < threshold, f"an untrained head already ranks {before}/10 first: the task is too easy"
     config = CrossEncoderConfig(epochs=2, batch_size=8, lr=1e-4, seed=0)  # a tiny task: few steps, larger rate
-    trained, losses = train_cross_encoder(training_pairs(), config)
-    assert len(losses) == 2 * 120 // 8
+    pairs = training_pairs()
+    trained, losses = train_cross_encoder(pairs, config)
+    assert len(pairs) == 30 * 3 and len(losses) == 2 * 12  # 2 epochs of ceil(90 / 8) steps
     after = held_out_hits(trained)
     assert after >= threshold, f"{after}/10 held-out passages ranked first (untrained: {before}); losses {losses}"
 

@@ -9,6 +9,8 @@ recall within 0.05 of FAISS at the same settings; approximate indexes must do >=
 
 from __future__ import annotations
 
+import copy
+
 import faiss
 import numpy as np
 import pytest
@@ -193,12 +195,21 @@ def build(kind: str, xb: np.ndarray):
     return index
 
 
+N_BUILT = 1500  # HNSW build time
+
+
+@pytest.fixture(scope="module")
+def built(small) -> dict:
+    """Each kind of index over the first N_BUILT vectors, built once; tests that change one take a deep copy."""
+    return {kind: build(kind, small[0][:N_BUILT]) for kind in ("exact", "ivf", "hnsw")}
+
+
 @pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
-def test_remove(kind, small):
+def test_remove(kind, small, built):
     xb, xq, truth = small
-    xb = xb[:1500]  # HNSW build time
+    xb = xb[:N_BUILT]
     truth = np.argsort(-(xq @ xb.T), axis=1, kind="stable")[:, :K]
-    index = build(kind, xb)
+    index = copy.deepcopy(built[kind])
     removed = np.unique(np.concatenate([truth[:, 0], np.arange(0, len(xb), 7)]))  # every top-1, and more
     assert index.remove(removed) == len(removed)
     assert index.remove(removed[:5]) == 0 and index.ntotal == len(xb) - len(removed)
@@ -212,18 +223,18 @@ def test_remove(kind, small):
 
 
 @pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
-def test_save_load_round_trip(kind, small, tmp_path):
+def test_save_load_round_trip(kind, small, built, tmp_path):
     xb, xq, _ = small
-    index = build(kind, xb[:1000])
+    index = copy.deepcopy(built[kind])
     index.remove([3, 4])
     path = tmp_path / f"{kind}.npz"
     index.save(path)
     loaded = type(index).load(path)
     (sa, ia), (sb, ib) = index.search(xq, K), loaded.search(xq, K)
     assert np.array_equal(ia, ib) and np.array_equal(sa, sb), f"{kind}: loaded index searches differently"
-    assert loaded.ntotal == index.ntotal == 998
-    index.add(xb[1000:1200])  # adding after a load continues as the original would
-    loaded.add(xb[1000:1200])
+    assert loaded.ntotal == index.ntotal == N_BUILT - 2
+    index.add(xb[N_BUILT:N_BUILT + 200])  # adding after a load continues as the original would
+    loaded.add(xb[N_BUILT:N_BUILT + 200])
     assert np.array_equal(index.search(xq, K)[1], loaded.search(xq, K)[1]), f"{kind}: add after load differs"
     other = HNSWIndex if kind != "hnsw" else ExactIndex
     with pytest.raises(ValueError, match="index"):

@@ -1,8 +1,12 @@
 """Two processes over gloo train exactly like one: DDP through accelerate, ZeRO-2/3 through DeepSpeed.
 
-Most runs go through ``torchrun`` (:func:`llmbook.training.launch.launch`). The tests that must look
-inside the ranks (the MoE routing, the DDP module) start them with ``torch.multiprocessing`` and form
-the gloo group themselves, which is also how :class:`DataParallel` is used without a launcher.
+The ranks start with ``torch.multiprocessing`` and form the gloo group themselves, which is also how
+:class:`DataParallel` is used without a launcher; each rank then does what ``python -m
+llmbook.training.launch`` does under ``torchrun`` (:func:`run_rank`). Starting two processes costs more
+than any one run, so two jobs hold every run: :func:`caller_group_rank` (the DDP checks, the MoE run,
+every engine's run) and :func:`second_job_rank` (a stale rank's refusals, the ZeRO runs resumed).
+``launch`` itself (torchrun) is tested by :func:`test_failed_launch_reports_the_error` and, on success,
+by the pretraining chapter (tests/test_chapter_pretraining.py).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -48,17 +53,72 @@ def make_spec(tmp_path, engine: str, accum_steps: int = 2, moe: MoEConfig | None
     )
 
 
-@pytest.mark.parametrize("engine", ["ddp", "zero1", "zero2", "zero3"])
-def test_two_processes_match_one_and_resume_exactly(tmp_path, engine: str) -> None:
-    spec = make_spec(tmp_path, engine)
-    single = train_run(spec)  # in this process, the whole batch
-    # The two-rank run checkpoints at steps 4 and 8 (ZeRO-1 saves like ZeRO-2: not repeated), which does
-    # not change its steps; a new job then resumes from step 4: its steps 5-8 must be the same to the bit.
-    # Under ZeRO each rank writes and reads its own shard (DeepSpeed's files), the rest is the Trainer's.
-    resumes = engine != "zero1"
-    if resumes:
-        spec = dataclasses.replace(spec, checkpoint_every=STEPS // 2, checkpoint_dir=str(tmp_path / "ckpt"))
-    double = launch(spec, 2, tmp_path / engine)  # two ranks, half the batch each
+ENGINES = ("ddp", "zero1", "zero2", "zero3")
+RESUMED = ("ddp", "zero2", "zero3")  # ZeRO-1 saves like ZeRO-2: not repeated
+
+
+def write_engine_specs(out: Path) -> None:
+    """``out/<engine>.spec.json``: the run of :func:`make_spec` on each engine, the resumed engines
+    checkpointing at steps 4 and 8 (which does not change their steps); ``out/<engine>-resumed.spec.json``:
+    a new job continuing that run from its step-4 checkpoint. Written once, before any rank reads the tokens."""
+    for engine in ENGINES:
+        spec = make_spec(out, engine)
+        if engine in RESUMED:
+            spec = dataclasses.replace(spec, checkpoint_every=STEPS // 2, checkpoint_dir=str(out / engine / "ckpt"))
+            step4 = out / engine / "ckpt" / f"step-{STEPS // 2:06d}"
+            resume = dataclasses.replace(spec, checkpoint_every=0, resume_from=str(step4))
+            resume.save(out / f"{engine}-resumed.spec.json")
+        spec.save(out / f"{engine}.spec.json")
+
+
+def spec_of(out: Path, name: str) -> RunSpec:
+    return RunSpec.load(out / f"{name}.spec.json")
+
+
+def as_launched(rank: int, world: int) -> None:
+    """The variables torchrun sets, which :func:`make_parallel` reads for the ZeRO engines' batch split."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+
+
+def run_rank(out: Path, name: str) -> None:
+    """What ``python -m llmbook.training.launch`` does on one rank, in the caller's group: train the spec
+    ``name`` (:func:`write_engine_specs`) on its engine; rank 0 saves the history (``name.history.json``)."""
+    spec = spec_of(out, name)
+    parallel = make_parallel(spec)
+    history = train_run(spec, parallel)
+    parallel.barrier()
+    if parallel.rank == 0:
+        (out / f"{name}.history.json").write_text(json.dumps(history))
+    parallel.close()
+
+
+@pytest.fixture(scope="module")
+def single_run(caller_group: Path) -> list[dict[str, float]]:
+    """The engines' run in this process, on the whole batch (``spec.engine`` is ignored without an engine)."""
+    return train_run(spec_of(caller_group, "ddp"))
+
+
+@pytest.fixture(scope="module")
+def resumed(caller_group: Path) -> Path:
+    """The runs of :func:`caller_group_rank`, resumed from step 4 (the directory of their histories).
+
+    The ZeRO runs resume in a new job, :func:`second_job_rank`, which also runs the refusal checks of a stale
+    rank; the DDP run resumed in its own job (:func:`caller_group_rank`). A new DDP job resuming through
+    ``launch`` (torchrun and the library's worker) is the pretraining chapter's (tests/test_chapter_pretraining.py).
+    """
+    spawn_ranks(second_job_rank, str(caller_group), timeout_s=600.0)
+    return caller_group
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_two_processes_match_one_and_resume_exactly(
+    caller_group: Path, resumed: Path, single_run: list[dict[str, float]], engine: str
+) -> None:
+    """Two ranks (half the batch each) train like one process; a run resumed from its step-4 checkpoint
+    repeats steps 5-8 to the bit. Under ZeRO each rank writes and reads its own shard (DeepSpeed's files),
+    the rest is the Trainer's."""
+    single = single_run
+    double = json.loads((caller_group / f"{engine}.history.json").read_text())
     assert len(double) == STEPS
     assert single[-1]["loss"] < single[0]["loss"] - 0.5, "the run must learn, or equal curves prove little"
     loss_diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(single, double))
@@ -66,20 +126,21 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path, engine: str) -> No
     assert loss_diff < 1e-5, f"{engine}: max_abs_diff of the loss curves = {loss_diff}"
     assert norm_diff < 1e-4, f"{engine}: max_abs_diff of the gradient norms = {norm_diff}"
     assert double[0]["tokens"] == single[0]["tokens"]  # tokens count both ranks
-    if not resumes:
+    if engine not in RESUMED:
         return
-    step4 = tmp_path / "ckpt" / f"step-{STEPS // 2:06d}"
+    spec = spec_of(caller_group, f"{engine}-resumed")
+    step4 = Path(spec.resume_from)
     files = {p.name for p in step4.iterdir()}
     assert {"trainer_state.json", "rng.safetensors"} <= files
     assert ("model.safetensors" in files) == (engine == "ddp"), files  # ZeRO: the engine's shards instead
-    resumed = launch(dataclasses.replace(spec, checkpoint_every=0, resume_from=str(step4)), 2, tmp_path / "resumed")
-    assert [r["loss"] for r in resumed] == [r["loss"] for r in double[STEPS // 2:]], (double, resumed)
-    assert [r["step"] for r in resumed] == [r["step"] for r in double[STEPS // 2:]]
+    again = json.loads((resumed / f"{engine}-resumed.history.json").read_text())
+    assert [r["loss"] for r in again] == [r["loss"] for r in double[STEPS // 2:]], (double, again)
+    assert [r["step"] for r in again] == [r["step"] for r in double[STEPS // 2:]]
     if engine == "zero2":  # shards of 2 ranks cannot be read by 1: one clear message, before any step
         # in this process (a one-process launch would only add ~15 s of start-up): the engine a one-process
         # job gets differs from DeepSpeedZero only in its world size, and must refuse before reading a shard
         with pytest.raises(ValueError, match="ZeRO shards of 2 processes; resume it on 2, not 1"):
-            train_run(dataclasses.replace(spec, checkpoint_every=0, resume_from=str(step4)), OneShardedProcess())
+            train_run(spec, OneShardedProcess())
 
 
 class OneShardedProcess(SingleProcess):
@@ -152,13 +213,19 @@ MOE = MoEConfig(n_experts=32, top_k=1, normalize_gates=False, aux_loss_coef=0.0)
 
 
 def caller_group_rank(rank: int, world: int, port: int, ddp_spec: str, moe_spec: str, out_dir: str) -> None:
-    """A rank in a group it created (no launcher): the DDP checks, then the MoE run, each saving what it saw.
+    """A rank in a group it created (no launcher): the DDP checks, the MoE run, then every engine's run (the
+    DDP run also resumed), each saving what it saw.
 
-    One start of two processes for both tests: starting them costs more than either's work.
+    One start of two processes for all of them: starting them costs more than any one's work.
     """
     join_group(rank, world, port)
     ddp_checks(rank, ddp_spec, out_dir)
     moe_run(rank, moe_spec, out_dir)
+    out = Path(out_dir)
+    as_launched(rank, world)
+    for engine in ENGINES:  # each engine's run of test_two_processes_match_one_and_resume_exactly
+        run_rank(out, engine)
+    run_rank(out, "ddp-resumed")  # a new engine and Trainer, in this job
     torch.distributed.destroy_process_group()  # still there: the engines' close() leaves the caller's group alone
 
 
@@ -169,7 +236,8 @@ def caller_group(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("caller_group")
     ddp_spec = dataclasses.replace(make_spec(out, "ddp"), bucket_cap_mb=1.5).save(out / "ddp.json")
     moe_spec = make_spec(out, "ddp", moe=MOE).save(out / "moe.json")
-    spawn_ranks(caller_group_rank, str(ddp_spec), str(moe_spec), str(out))
+    write_engine_specs(out)
+    spawn_ranks(caller_group_rank, str(ddp_spec), str(moe_spec), str(out), timeout_s=600.0)
     return out
 
 
@@ -292,25 +360,41 @@ def test_data_parallel_joins_a_process_group_the_caller_created(caller_group: Pa
     assert not torch.equal(ranks[0]["alone"], ranks[1]["alone"])
 
 
-def stale_rank(rank: int, world: int, port: int) -> None:
-    """accelerate set up for one process before the group existed, and a launcher variable that contradicts it."""
+def second_job_rank(rank: int, world: int, port: int, out_dir: str) -> None:
+    """A rank whose accelerate state predates the group: DataParallel must refuse it. Then, DeepSpeed (which
+    never reads accelerate's state) resumes the ZeRO-2 and ZeRO-3 runs from their checkpoints in this new job.
+
+    One start of two processes for both: starting them costs more than either's work.
+    """
     from accelerate import PartialState
 
     PartialState(cpu=True)  # no group yet, no launcher variables: accelerate settles on one process for good
     join_group(rank, world, port)
-    os.environ["WORLD_SIZE"] = "3"
-    with pytest.raises(ValueError, match=f"WORLD_SIZE=3 in the environment, but this process is rank {rank} of a "
-                                         "process group of 2"):
-        DataParallel(cpu=True)
-    del os.environ["WORLD_SIZE"]
-    with pytest.raises(RuntimeError, match="accelerate runs 1 process.* the process group has 2: this rank would "
-                                           "train without synchronising"):
-        DataParallel(cpu=True)
+    refusals = []
+    os.environ["WORLD_SIZE"] = "3"  # a launcher variable that contradicts the group
+    for _ in range(2):  # then without it
+        try:
+            DataParallel(cpu=True)
+            refusals.append(None)
+        except Exception as error:  # the test checks its type and message
+            refusals.append(f"{type(error).__name__}: {error}")
+        os.environ.pop("WORLD_SIZE", None)
+    Path(out_dir, f"refusals_rank{rank}.json").write_text(json.dumps(refusals))
+    out = Path(out_dir)
+    as_launched(rank, world)
+    run_rank(out, "zero2-resumed")
+    run_rank(out, "zero3-resumed")
     torch.distributed.destroy_process_group()
 
 
-def test_data_parallel_refuses_to_train_a_rank_alone() -> None:
-    spawn_ranks(stale_rank)
+def test_data_parallel_refuses_to_train_a_rank_alone(resumed: Path) -> None:
+    for rank in range(2):
+        refusals = json.loads((resumed / f"refusals_rank{rank}.json").read_text())
+        assert len(refusals) == 2 and None not in refusals, refusals
+        assert re.fullmatch(f"ValueError: WORLD_SIZE=3 in the environment, but this process is rank {rank} of a "
+                            "process group of 2", refusals[0]), refusals[0]
+        assert re.match("RuntimeError: accelerate runs 1 process.* the process group has 2: this rank would "
+                        "train without synchronising", refusals[1]), refusals[1]
 
 
 def test_failed_launch_reports_the_error(tmp_path) -> None:
