@@ -14,8 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# Two xdist workers share two cores: more torch threads per worker only spin and wait.
+# Two xdist workers share two cores: more torch threads per worker only spin and wait. The chapters'
+# kernels and the ranks of distributed tests are processes of their own: they read the variable.
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Property tests draw the same examples on every run: a failure reproduces, and CI never fails on a
 # draw that a local run did not make.
@@ -86,38 +88,90 @@ def converted_smollm2() -> Path:
         return pretrained.smollm2_dir()
 
 
-@pytest.fixture(scope="session")
-def smoke_book(tmp_path_factory: pytest.TempPathFactory):
-    """Every chapter executed with the `smoke` profile into a scratch copy of the site sources.
-
-    Session-scoped and used by tests/test_chapters.py, tests/test_book.py and
-    tests/test_site_browser.py, which share one xdist group, so the chapters run once per test run.
-    """
+def _setup_site(site: Path, paths) -> None:
+    """A scratch copy of the site sources, and a cache holding only the converted SmolLM2."""
     import shutil
 
-    from llmbook.book import profiles, runner
-
-    site = tmp_path_factory.mktemp("site")
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO / name, site / name)
     # The hand-written pages and their static files (book/_static: the favicon); not book/chapters,
-    # the executed copies of a local `llmbook build`: the chapters are executed below.
+    # the executed copies of a local `llmbook build`: the chapters are executed by the fixtures below.
     shutil.copytree(
         REPO / "book", site / "book", ignore=lambda folder, names: ["chapters"] if Path(folder) == REPO / "book" else []
-    )
-    paths = runner.BookPaths(
-        chapters_dir=REPO / "chapters", site_root=site, runs_dir=site / "runs", cache_dir=site / ".cache"
     )
     try:  # every other artifact is built from scratch in the scratch cache; this one is a conversion
         smollm2 = converted_smollm2()
     except ModuleNotFoundError:  # the model's package is missing: the chapters that need it say so
-        smollm2 = None
-    if smollm2 is not None:
-        (paths.cache_dir / smollm2.parent.name).mkdir(parents=True)
-        (paths.cache_dir / smollm2.parent.name / smollm2.name).symlink_to(smollm2, target_is_directory=True)
-    for chapter in runner.discover(paths):
-        runner.run_chapter(chapter, profiles.resolve(chapter.name, "smoke"), paths, progress=False)
+        return
+    (paths.cache_dir / smollm2.parent.name).mkdir(parents=True)
+    (paths.cache_dir / smollm2.parent.name / smollm2.name).symlink_to(smollm2, target_is_directory=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_site(tmp_path_factory: pytest.TempPathFactory, worker_id: str):
+    """The scratch site every `smoke` chapter runs into, one per test run, shared by the xdist workers.
+
+    Chapters run where a test first needs them (:func:`smoke_chapter`, :func:`smoke_book`), each under a
+    file lock, so the two workers run different chapters at the same time and never one twice. The
+    artifact cache locks each artifact too: a chapter waits for another one's base model, not trains it again.
+    """
+    from filelock import FileLock
+
+    from llmbook.book import runner
+
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent  # the run's directory, above each worker's own
+    site = root / "smoke-site"
+    paths = runner.BookPaths(
+        chapters_dir=REPO / "chapters", site_root=site, runs_dir=site / "runs", cache_dir=site / ".cache"
+    )
+    with FileLock(str(root / "smoke-site.lock")):
+        if not (site / ".ready").exists():
+            site.mkdir(exist_ok=True)
+            _setup_site(site, paths)
+            (site / ".ready").touch()
     return paths
+
+
+def _run_smoke(paths, chapter, *, wait: bool = True) -> bool:
+    """Run ``chapter`` under its lock unless it is fresh; False if another worker holds the lock and not ``wait``."""
+    from filelock import FileLock, Timeout
+
+    from llmbook.book import profiles, runner
+
+    lock = FileLock(str(paths.site_root / f".{chapter.name}.lock"), timeout=-1 if wait else 0)
+    try:
+        with lock:
+            runner.run_chapter(chapter, profiles.resolve(chapter.name, "smoke"), paths, progress=False)
+    except Timeout:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def smoke_chapter(smoke_site):
+    """``smoke_chapter(name)``: the site's paths once chapter ``name`` has run with the `smoke` profile."""
+    from llmbook.book import runner
+
+    def run(name: str):
+        _run_smoke(smoke_site, runner.find_chapter(smoke_site, name))
+        return smoke_site
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def smoke_book(smoke_site):
+    """Every chapter executed with the `smoke` profile: first those no other worker is running, then the rest.
+
+    Used by tests/test_chapters.py, tests/test_book.py and tests/test_site_browser.py (xdist group "book").
+    """
+    from llmbook.book import runner
+
+    waiting = [chapter for chapter in runner.discover(smoke_site) if not _run_smoke(smoke_site, chapter, wait=False)]
+    for chapter in waiting:
+        _run_smoke(smoke_site, chapter)
+    return smoke_site
 
 
 @pytest.fixture(scope="session")

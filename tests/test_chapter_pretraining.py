@@ -12,7 +12,11 @@ from llmbook.book import profiles, report, runner
 from llmbook.chain.base_model import book_base_model
 from llmbook.model import from_pretrained
 
-pytestmark = pytest.mark.xdist_group("book")
+
+@pytest.fixture
+def smoke_book(smoke_chapter) -> runner.BookPaths:
+    """The scratch site once this chapter has run (the other chapters may not have)."""
+    return smoke_chapter("pretraining")
 
 
 @pytest.fixture

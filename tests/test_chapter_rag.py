@@ -6,7 +6,11 @@ import pytest
 
 from llmbook.book import report, runner
 
-pytestmark = pytest.mark.xdist_group("book")
+
+@pytest.fixture
+def smoke_book(smoke_chapter) -> runner.BookPaths:
+    """The scratch site once this chapter has run (the other chapters may not have)."""
+    return smoke_chapter("rag")
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -181,6 +183,25 @@ def test_artifact_cache_hit_and_rebuild(tmp_path: Path) -> None:
     (first.path / artifacts.MANIFEST).unlink()
     rebuilt = artifacts.get_or_build("toy_tokenizer", config, build, root=tmp_path)
     assert not rebuilt.hit and (rebuilt.path / artifacts.MANIFEST).exists() and len(builds) == 3
+
+
+def test_artifact_built_once_when_two_need_it_at_once(tmp_path: Path) -> None:
+    builds: list[int] = []
+    started = threading.Event()
+
+    def build(directory: Path) -> None:
+        builds.append(1)
+        started.set()
+        time.sleep(0.5)  # the second caller arrives while this build runs
+        (directory / "weights.bin").write_bytes(b"\1")
+
+    results: list[artifacts.Artifact] = []
+    first = threading.Thread(target=lambda: results.append(artifacts.get_or_build("model", {}, build, root=tmp_path)))
+    first.start()
+    assert started.wait(10)
+    second = artifacts.get_or_build("model", {}, build, root=tmp_path)
+    first.join()
+    assert len(builds) == 1 and second.hit and not results[0].hit and second.path == results[0].path
 
 
 def test_artifact_failed_build_leaves_nothing(tmp_path: Path) -> None:

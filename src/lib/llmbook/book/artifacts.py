@@ -4,7 +4,8 @@ An artifact is a directory named by the hash of (kind, config). `get_or_build` r
 complete copy exists and otherwise builds it with the given library call, so a later chapter reuses
 what an earlier one made, and still runs alone when the cache is empty. A build that dies half way
 leaves no directory that looks complete: the copy becomes visible only after `manifest.json` is
-written and the directory is renamed into place.
+written and the directory is renamed into place. Two processes that need the same artifact at
+once (two chapters run side by side) take turns on a file lock: the second finds the first's copy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 MANIFEST = "manifest.json"
 CACHE_ENV = "LLMBOOK_CACHE"  # a user's choice of cache directory, for every chapter and script
@@ -61,27 +64,32 @@ def get_or_build(
     if not kind.isidentifier():
         raise ValueError(f"artifact kind {kind!r} must be an identifier")
     key = artifact_key(kind, config)
-    final = (root or cache_dir()) / kind / key
+    root = root or cache_dir()
+    final = root / kind / key
     if (final / MANIFEST).exists():
         return Artifact(kind=kind, key=key, path=final, hit=True)
     final.parent.mkdir(parents=True, exist_ok=True)
+    (root / ".locks").mkdir(exist_ok=True)
+    with FileLock(str(root / ".locks" / f"{kind}-{key}.lock")):
+        if (final / MANIFEST).exists():  # built by another process while this one waited
+            return Artifact(kind=kind, key=key, path=final, hit=True)
+        _build_into(final, kind, key, config, build)
+    return Artifact(kind=kind, key=key, path=final, hit=False)
+
+
+def _build_into(final: Path, kind: str, key: str, config: dict[str, Any], build: Callable[[Path], None]) -> None:
+    """Build in a staging directory, then rename it to ``final`` once its manifest is written."""
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
     try:
         started = time.perf_counter()
         build(staging)
         manifest = {"kind": kind, "key": key, "config": config, "build_seconds": time.perf_counter() - started}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        if final.exists() and not (final / MANIFEST).exists():  # left by an interrupted build
+        if final.exists():  # left by an interrupted build (a complete one would have been found under the lock)
             shutil.rmtree(final)
-        try:
-            staging.rename(final)
-        except OSError:
-            if not (final / MANIFEST).exists():
-                raise
-            return Artifact(kind=kind, key=key, path=final, hit=True)  # a concurrent build won
+        staging.rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Artifact(kind=kind, key=key, path=final, hit=False)
 
 
 def manifest(artifact: Artifact) -> dict[str, Any]:
