@@ -63,6 +63,31 @@ def test_main_text_keeps_content_drops_links_and_reports_each_block() -> None:
     assert "Home" not in extract_main_text(PAGE, ExtractConfig(markup_hints=False)).text
 
 
+ZH_PARAGRAPHS = ("孔子谓季氏：八佾舞于庭，是可忍也，孰不可忍也？",  # 22 characters: short in English terms
+                 "子夏问曰：巧笑倩兮，美目盼兮，素以为绚兮，何谓也？子曰：绘事后素。曰：礼后乎？子曰：起予者商也！"
+                 "始可与言诗已矣。")
+POEM = ("静夜思", "床前明月光，", "疑是地上霜。", "举头望明月，", "低头思故乡。")
+ZH_PAGE = f"""<html><head><meta charset="gb18030"><title>论语</title></head><body>
+<ul class="nav"><li><a href="/">首页</a></li><li><a href="/books">书目</a></li>
+<li><a href="/about">关于我们</a></li></ul>
+<main><p>{ZH_PARAGRAPHS[0]}</p><p>{ZH_PARAGRAPHS[1]}</p><p>{"<br>".join(POEM)}</p></main>
+<div><a href="/a">上一篇</a> | <a href="/b">下一篇</a> | <a href="/c">返回目录</a></div></body></html>"""
+
+
+def test_chinese_paragraphs_count_as_much_text_as_their_english_and_br_keeps_verse_lines() -> None:
+    # a CJK character weighs like a word: without that the 22-character paragraph is "short" and the page
+    # falls back to a single block
+    page = extract_main_text(ZH_PAGE.encode("gb18030"))
+    assert page.charset == "gb18030" and page.text == "\n\n".join([*ZH_PARAGRAPHS, "\n".join(POEM)])
+    verdicts = {b.text[:6]: b.reason for b in page.blocks}
+    assert verdicts["孔子谓季氏："] == "near_good" and verdicts["子夏问曰：巧"] == "good"
+    assert verdicts["首页书目 关"] == "markup"
+    # trafilatura keeps the same paragraphs and verse lines
+    reference = trafilatura_extract(ZH_PAGE)
+    assert all(line in reference for line in (*ZH_PARAGRAPHS, *POEM))
+    assert "下一篇" not in page.text
+
+
 def test_old_html_to_text_is_unchanged_and_bytes_convenience() -> None:
     text, title = html_to_text(PAGE)  # the whole visible text, as before (rag.documents relies on it)
     assert title == "Library news" and "Related story one" in text and "Home" in text

@@ -241,15 +241,24 @@ def _is_utf8(data: bytes) -> bool:
 
 _HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 # elements that end a text block (the block model of jusText: a block is the text between two of these)
-_BLOCK_TAGS = BLOCKS | frozenset({"address", "caption", "center", "fieldset", "legend", "main", "nav", "tbody",
-                                  "thead", "tfoot", "menu", "dir", "noscript", "option", "textarea",
-                                  "header", "aside", "footer", "form", "iframe", "select", "object", "embed"})
+# (a <br> is a line break inside its block: verse and addresses stay one block)
+_BLOCK_TAGS = (BLOCKS - {"br"}) | frozenset({"address", "caption", "center", "fieldset", "legend", "main", "nav",
+                                             "tbody", "thead", "tfoot", "menu", "dir", "noscript", "option", "textarea",
+                                             "header", "aside", "footer", "form", "iframe", "select", "object",
+                                             "embed"})
 _NEVER_TEXT = frozenset({"script", "style", "noscript", "template", "svg", "math", "head", "iframe", "object",
                          "embed", "canvas", "video", "audio", "map", "select", "textarea", "button", "input"})
 _FURNITURE_TAGS = frozenset({"nav", "footer", "form", "menu"})  # not <aside>: Sphinx puts footnotes in it
 _FURNITURE_ROLES = frozenset({"navigation", "banner", "contentinfo", "complementary", "search", "menu", "menubar",
                               "toolbar", "dialog", "alert"})
 _WORD = re.compile(r"\w+")
+# Chinese, Japanese and Korean are written without spaces: each character counts as a word two columns wide
+# (display width), and lengths weigh it as four characters (an English word with its space is ~6 characters,
+# a Chinese word ~1.5), so a paragraph of Chinese is judged like a paragraph of English that says as much.
+_CJK = "\u3001-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef"  # with CJK punctuation
+_TOKEN = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
+_CJK_CHAR = re.compile(f"[{_CJK}]")
+_WORDS = re.compile(f"[{_CJK}]|[^\\W{_CJK}]+")  # a CJK character, or a run of other word characters
 _SPACES = re.compile(r"\s+")
 _NAME_SPLIT = re.compile(r"[\s_\-]+")
 # text-level blocks: never a main region by themselves, their container is
@@ -272,14 +281,18 @@ def text_density(n_words: int, text: str, width: int = 80) -> float:
     if n_words == 0:
         return 0.0
     lines, col, words_before_last = 1, 0, 0
-    words_in_line = 0
-    for word in text.split():
-        if col and col + 1 + len(word) > width:
+    words_in_line, prev_cjk = 0, False
+    for word in _TOKEN.findall(text):
+        cjk = len(word) == 1 and bool(_CJK_CHAR.match(word))
+        size = 2 if cjk else len(word)
+        gap = 0 if not col or (cjk and prev_cjk) else 1  # no space between CJK characters
+        if col and col + gap + size > width:
             lines += 1
             words_before_last += words_in_line
-            col, words_in_line = 0, 0
-        col += len(word) + (1 if col else 0)
+            col, words_in_line, gap = 0, 0, 0
+        col += size + gap
         words_in_line += 1
+        prev_cjk = cjk
     return n_words if lines == 1 else words_before_last / (lines - 1)
 
 
@@ -349,7 +362,7 @@ def page_blocks(root, config: ExtractConfig) -> tuple[list[_RawBlock], list[Bloc
                     pre_depth += 1
                 flush(el)
             elif tag == "br":
-                add("\n" if cur.pre else " ")
+                cur.parts.append("\n")  # not through add(): it folds whitespace
             elif tag == "a":
                 link_depth += 1
             elif tag in ("td", "th") and cur.parts:
@@ -380,8 +393,9 @@ def classify_block(text: str, tag: str, link_chars: int, config: ExtractConfig) 
     link density > max -> bad; © -> bad; length < length_low -> short (bad when it holds a link);
     density >= density_high and length >= length_high -> good; density >= density_low -> near-good; else bad.
     """
-    n_chars = len(text)
-    n_words = len(_WORD.findall(text))
+    n_cjk = len(_CJK_CHAR.findall(text))
+    n_chars = len(text) + 3 * n_cjk
+    n_words = len(_WORDS.findall(text))
     link_density = min(1.0, link_chars / max(1, sum(len(w) for w in _WORD.findall(text))))
     density = text_density(n_words, text)
     stats = {"n_words": n_words, "link_density": link_density, "text_density": density}
@@ -487,7 +501,8 @@ def _block_text(raw: _RawBlock) -> str:
     text = "".join(raw.parts)
     if raw.pre:
         return textwrap.dedent(text.strip("\n")).rstrip()
-    return re.sub(r"\s+", " ", text).strip(" |").strip()
+    text = re.sub(r" *\n[\s]*", "\n", re.sub(r"[^\S\n]+", " ", text))  # only <br> put newlines here
+    return text.strip(" |").strip()
 
 
 def extract_main_text(html_input: str | bytes, config: ExtractConfig | None = None, *,
