@@ -37,6 +37,26 @@ def test_funnel_filters_and_dedup(metrics: dict) -> None:
     assert metrics["classifier_clean_false_drop"] < 0.1
 
 
+def test_web_text_goals_on_test_splits(metrics: dict) -> None:
+    # the crawl went through a WARC file: every response read back (only the warcinfo record is not one)
+    assert metrics["raw_docs"] == metrics["planted_docs"] + metrics["web_pages_in_crawl"] > metrics["planted_docs"]
+    assert metrics["warc_skipped"] == "1 not_response"
+    # extraction on test pages: near trafilatura and resiliparse, well above keeping the whole page
+    assert metrics["ext_test_f1_ours"] > 0.9 and metrics["ext_test_f1_ours"] > metrics["ext_test_f1_whole_page"] + 0.03
+    assert abs(metrics["ext_test_f1_ours"] - metrics["ext_test_f1_trafilatura"]) < 0.05
+    assert metrics["ext_site2_f1_ours"] > 0.9 and metrics["page_blocks_kept"] > 0
+    # PII: >= 0.95 precision and recall on every type, in each language, on the test split
+    assert metrics["pii_min_recall"] >= 0.95 and metrics["pii_min_precision"] >= 0.95
+    # language ID in >= 10 languages, near py3langid on sentences and on short strings
+    assert metrics["langid15_langs"] >= 10 and metrics["langid15_long_f1_ours"] > 0.97
+    assert metrics["langid15_short_f1_ours"] > metrics["langid15_short_f1_py3langid"] - 0.03
+    # the real-data quality classifier, on held-out pages and on a site it never saw
+    assert metrics["webq_seen_low_f1"] > 0.9 and metrics["webq_unseen_low_f1"] > 0.85
+    assert metrics["webq_classifier_flags_high"] < metrics["webq_gopher_flags_high"]
+    assert metrics["verify_exact_precision"] >= metrics["verify_none_precision"]
+    assert metrics["stream_verdict"] == "the same ids as"
+
+
 def test_selection_and_mixing(metrics: dict) -> None:
     assert metrics["sel_rm_loss"] < metrics["sel_random_loss"]  # reference-model selection beats random
     assert metrics["best_mixture_loss"] <= metrics["proportional_loss"]

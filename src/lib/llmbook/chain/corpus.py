@@ -1,6 +1,7 @@
 """The book's pretraining corpus: the data chapter's pipeline as one call, tokenized and cached.
 
-:func:`clean_corpus` plants the raw crawl, trains the filters and runs the stages of
+:func:`clean_corpus` plants the raw crawl, writes it with real web pages to a WARC file as a crawler
+would, trains the filters and runs the stages of
 :mod:`llmbook.data.corpus_build` with the settings of a :class:`PretrainingDataConfig`.
 :func:`pretraining_corpus` returns the survivors encoded by the book tokenizer from the artifact
 cache (``tokens.npy``, saved with ``np.save`` and read with ``allow_pickle=False``, plus
@@ -11,6 +12,7 @@ runs alone. :func:`clean_corpus_spark` runs the same pipeline on Spark.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,12 +32,13 @@ from llmbook.data.corpus_build import (
     tokenize_documents,
     train_filters,
 )
+from llmbook.data.crawl import document_url, read_crawl, web_page_documents, write_crawl
 from llmbook.data.dedup import NearDedupConfig
 from llmbook.data.pipeline import CorpusStage, Doc, Stage, run_pipeline
-from llmbook.data.raw_corpus import RawCorpusConfig, make_raw_corpus
+from llmbook.data.raw_corpus import RawCorpus, RawCorpusConfig, make_raw_corpus
 from llmbook.data.spark import run_pipeline_spark
 
-BUILDER_VERSION = 1  # bump when the pipeline's logic changes, so cached corpora are rebuilt
+BUILDER_VERSION = 2  # bump when the pipeline's logic changes, so cached corpora are rebuilt
 TOKENS_FILE, INDEX_FILE = "tokens.npy", "index.json"
 
 
@@ -55,13 +58,28 @@ def chapter_stages(config: PretrainingDataConfig, filters: Filters) -> list[Stag
     return pipeline_stages(filters, config.quality_threshold, near_dedup_config(config))
 
 
+def crawl_through_warc(config: PretrainingDataConfig, raw: RawCorpus) -> dict[str, Any]:
+    """The planted crawl plus ``config.web_pages`` real pages, written to a .warc.gz and read back as a
+    pipeline reads a crawl: ``{"crawl": docs, "warc": read report, "warc_bytes": file size}``."""
+    web = web_page_documents(config.web_pages, seed=config.seed)
+    for i, d in enumerate(web):  # real pages: clean by construction, each its own duplicate cluster
+        d["meta"].update(dirt="web_page", cluster=-1 - i)
+    docs = [*raw.docs, *web]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "crawl.warc.gz"
+        write_crawl(path, docs)
+        crawl, report = read_crawl(path, {document_url(d): d for d in docs})
+        return {"crawl": crawl, "warc": report, "warc_bytes": path.stat().st_size}
+
+
 def clean_corpus(config: PretrainingDataConfig, progress: bool = False) -> CleanCorpus:
-    """Plant the raw crawl, train the filters and run the pipeline; deterministic given ``config``."""
+    """Plant the raw crawl, pass it through a WARC file, train the filters and run the pipeline;
+    deterministic given ``config``."""
     raw = make_raw_corpus(raw_config(config))
     filters = train_filters(raw, config.classifier_train_docs, config.seed)
-    docs = [{**d, "meta": dict(d["meta"])} for d in raw.docs]
-    kept, report = run_pipeline(docs, chapter_stages(config, filters), progress=progress)
-    return CleanCorpus(raw=raw, filters=filters, kept=kept, report=report)
+    fetched = crawl_through_warc(config, raw)
+    kept, report = run_pipeline(fetched["crawl"], chapter_stages(config, filters), progress=progress)
+    return CleanCorpus(raw=raw, filters=filters, kept=kept, report=report, **fetched)
 
 
 def spark_stages(config: PretrainingDataConfig, state: dict[str, Any]) -> list[Stage | CorpusStage]:
@@ -77,11 +95,12 @@ def clean_corpus_spark(config: PretrainingDataConfig, spark: Any, num_partitions
     """
     raw = make_raw_corpus(raw_config(config))
     filters = train_filters(raw, config.classifier_train_docs, config.seed)
-    docs = [{**d, "meta": dict(d["meta"])} for d in raw.docs]
+    fetched = crawl_through_warc(config, raw)
     kept, report = run_pipeline_spark(
-        spark, docs, partial(spark_stages, config), shared=filters_state(filters), num_partitions=num_partitions
+        spark, fetched["crawl"], partial(spark_stages, config), shared=filters_state(filters),
+        num_partitions=num_partitions,
     )
-    return CleanCorpus(raw=raw, filters=filters, kept=kept, report=report)
+    return CleanCorpus(raw=raw, filters=filters, kept=kept, report=report, **fetched)
 
 
 def tokenizer_for(config: PretrainingDataConfig, progress: bool = False) -> tuple[Any, artifacts.Artifact]:
@@ -115,7 +134,7 @@ def artifact_config(config: PretrainingDataConfig, tokenizer_key: str) -> dict[s
     """The fields that determine the corpus (and so its cache key)."""
     fields = ("en_docs", "zh_docs", "zh_min_chars", "reference_frac", "near_dup_rate", "exact_dup_rate", "pii_rate",
               "boilerplate_rate", "junk_rate", "classifier_train_docs", "quality_threshold", "dedup_threshold",
-              "num_perm", "seed")
+              "num_perm", "web_pages", "seed")
     return {"builder": BUILDER_VERSION, "tokenizer": tokenizer_key, **{f: getattr(config, f) for f in fields}}
 
 

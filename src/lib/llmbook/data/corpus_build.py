@@ -2,8 +2,8 @@
 
 The pipeline of the pretraining-data chapter, stage by stage:
 
-    normalize -> langid -> Gopher rules -> word list -> quality classifier -> PII masking
-    -> exact dedup -> repeated lines (CCNet) -> MinHash-LSH near dedup.
+    extract (HTML -> main text) -> normalize -> langid -> Gopher rules -> word list -> quality classifier
+    -> PII masking -> exact dedup -> repeated lines (CCNet) -> MinHash-LSH near dedup.
 
 :func:`train_filters` fits the two learned filters (naive Bayes language ID and the hashed n-gram
 quality classifier) on reference text and separately generated junk; :func:`pipeline_stages` lists
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from llmbook.data.crawl import extract_stage
 from llmbook.data.dedup import NearDedupConfig, exact_dedup, near_dedup, remove_repeated_lines
 from llmbook.data.langid import LangIdConfig, NaiveBayesLangId, langid_stage
 from llmbook.data.normalize import normalize_stage
@@ -36,6 +37,7 @@ from llmbook.data.quality import (
     gopher_stage,
 )
 from llmbook.data.raw_corpus import RawCorpus, code_snippets, junk_documents
+from llmbook.data.warc import WarcReadReport
 
 # Words of C4's list that are names or everyday words in 19th-century prose ("Moby Dick", "weathercock"):
 # the chapter shows what the full list removes; the pipeline leaves these out.
@@ -133,6 +135,7 @@ def pipeline_stages(
     can map them to their distributed versions.
     """
     return [
+        extract_stage(),
         normalize_stage(),
         langid_stage(filters.langid, keep=("en", "zh"), fast_scripts=("zh",)),
         gopher_stage(),
@@ -150,6 +153,9 @@ class CleanCorpus:
     """Everything one run of the pipeline produced (see :func:`llmbook.chain.corpus.clean_corpus`)."""
 
     raw: RawCorpus  # the planted crawl and the reference documents
+    crawl: list[Doc]  # what the pipeline read: the WARC's responses (raw.docs as pages, plus real web pages)
+    warc: WarcReadReport  # what reading the WARC file skipped, by reason
+    warc_bytes: int  # size of the .warc.gz file
     filters: Filters  # trained language ID and quality classifier
     kept: list[Doc]  # surviving documents (PII masked, boilerplate removed)
     report: PipelineReport  # per-stage counts, bytes, reasons, seconds

@@ -19,13 +19,18 @@ class PretrainingDataConfig(ChapterConfig):
     pii_rate: float = 0.2  # clean documents that get personal data inserted
     boilerplate_rate: float = 0.3  # clean documents wrapped in cookie/nav/copyright lines
     junk_rate: float = 0.03  # documents of each junk kind (binary, code, spam, ...), per clean document
+    # real pages of the labelled extraction set (python docs, Debian Reference) added to the crawl; -1: all 139
+    web_pages: int = per_profile(smoke=12, cpu=-1, gpu=-1)
+    extraction_eval_pages: int = per_profile(smoke=10, cpu=-1, gpu=-1)  # labelled pages per split scored (-1: all)
     # filters
     langid_snippet_chars: int = 40  # length of the snippets the language-ID confusion matrix is measured on
     langid_eval_snippets: int = per_profile(smoke=150, cpu=600, gpu=600)  # held-out snippets per language
     # training windows per class for the quality classifier
     classifier_train_docs: int = per_profile(smoke=80, cpu=300, gpu=300)
     quality_threshold: float = 0.5  # p(good) below this drops a document
-    pii_bench_texts: int = per_profile(smoke=300, cpu=1500, gpu=1500)  # labelled texts of the PII benchmark
+    pii_bench_texts: int = per_profile(smoke=300, cpu=600, gpu=600)  # PII items per language and split
+    # held-out quality segments that Gopher's rules are compared on (-1: all ~2,000)
+    gopher_eval_segments: int = per_profile(smoke=300, cpu=-1, gpu=-1)
     # deduplication
     dedup_threshold: float = 0.7  # Jaccard similarity of 5-gram shingle sets regarded as duplicate
     num_perm: int = 128  # MinHash signature length
@@ -54,10 +59,15 @@ class PretrainingDataConfig(ChapterConfig):
             self.check(0.0 <= getattr(self, key) <= 1.0, key, "must be in [0, 1]")
         self.check(0.0 <= self.boilerplate_rate <= 1.0 - self.pii_rate, "boilerplate_rate",
                    "must be in [0, 1 - pii_rate] (a document gets PII or boilerplate, not both)")
+        self.check(self.web_pages >= -1, "web_pages", "must be -1 (all) or a count")
+        self.check(self.extraction_eval_pages == -1 or self.extraction_eval_pages >= 2, "extraction_eval_pages",
+                   "must be -1 (all) or at least 2")
         self.check(self.langid_snippet_chars >= 5, "langid_snippet_chars", "must be at least 5")
         self.check(self.langid_eval_snippets >= 10, "langid_eval_snippets", "must be at least 10")
         self.check(self.classifier_train_docs >= 10, "classifier_train_docs", "must be at least 10")
         self.check(0.0 < self.quality_threshold < 1.0, "quality_threshold", "must be in (0, 1)")
+        self.check(self.gopher_eval_segments == -1 or self.gopher_eval_segments >= 10, "gopher_eval_segments",
+                   "must be -1 (all) or at least 10")
         self.check(self.pii_bench_texts >= 20, "pii_bench_texts", "must be at least 20")
         self.check(0.0 < self.dedup_threshold < 1.0, "dedup_threshold", "must be in (0, 1)")
         self.check(16 <= self.num_perm <= 1024, "num_perm", "must be in [16, 1024]")
