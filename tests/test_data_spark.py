@@ -6,6 +6,7 @@ Skipped when pyspark (the `spark` extra) or Java is missing, unless LLMBOOK_REQU
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import warnings
@@ -19,7 +20,14 @@ from llmbook.chain import corpus as chain
 from llmbook.data import corpus_build as cb
 from llmbook.data.corpora import load_documents
 from llmbook.data.corpus_build import filters_from_state, filters_state
-from llmbook.data.dedup import NearDedupConfig, dedup_stages, exact_dedup, plant_near_duplicates, remove_repeated_lines
+from llmbook.data.dedup import (
+    NearDedupConfig,
+    dedup_stages,
+    exact_dedup,
+    near_dedup,
+    plant_near_duplicates,
+    remove_repeated_lines,
+)
 from llmbook.data.pipeline import CorpusStage, run_pipeline
 from llmbook.data.raw_corpus import make_raw_corpus
 from llmbook.data.spark import SparkCorpusOp, corpus_op, local_spark, run_pipeline_spark
@@ -98,6 +106,46 @@ def test_dedup_stages_on_spark_with_planted_clusters(spark):
     by_stage = {r["stage"]: r for r in rep_s.rows()}
     assert by_stage["exact_dedup"]["dropped"] >= 10 and by_stage["near_dedup"]["dropped"] > 30
     assert by_stage["repeated_lines"]["bytes_out"] < by_stage["repeated_lines"]["bytes_in"]  # boilerplate lines cut
+
+
+def test_near_dedup_config_fields_on_spark(spark):
+    """Explicit bands, exact-Jaccard verification, normalisation and SHA-1 shingles: Spark keeps the in-process set.
+
+    Each of those settings, reverted alone, changes which documents the in-process run keeps, so a
+    Spark version that ignored any one of them would fail the comparison.
+    """
+    base = [{"id": d["id"], "text": d["text"], "meta": {}} for d in load_documents(lang="en", limit=40)]
+    docs, _ = plant_near_duplicates(base, rate=1.0, seed=5)
+    # copies that only normalize_text makes duplicates (exact dedup is not in this pipeline)
+    docs += [{"id": f"shout{k}", "text": docs[3 * k]["text"].upper().replace(",", ""), "meta": {}} for k in range(8)]
+    cfg = NearDedupConfig(
+        threshold=0.8, num_perm=16, seed=3, bands=4, verify_with="exact", normalize=True, shingle_hash="sha1"
+    )
+    assert cfg.band_rows() == (4, 4) and NearDedupConfig(threshold=0.8, num_perm=16).band_rows() != (4, 4)
+    stages = [CorpusStage(name="near_dedup", fn=partial(near_dedup, cfg=cfg))]
+    kept, rep = run_pipeline(docs, stages)
+    defaults = {"bands": None, "verify_with": "signature", "normalize": False, "shingle_hash": "fast"}
+    for field, default in defaults.items():
+        other, _ = near_dedup(docs, dataclasses.replace(cfg, **{field: default}))
+        assert [d["id"] for d in other] != [d["id"] for d in kept], f"{field} does not matter on this data"
+    kept_s, rep_s = run_pipeline_spark(spark, docs, stages, num_partitions=2)
+    _compare(kept, kept_s)
+    assert _counts(rep) == _counts(rep_s) and rep.dropped == rep_s.dropped
+    assert rep_s.rows()[0]["dropped"] > 30  # most of the 40 planted copies and the 8 shouted ones
+
+
+def test_corpus_op_settings_are_read_or_refused():
+    """Every keyword of a dedup partial reaches its Spark op; anything else is one ValueError naming it."""
+    op = corpus_op(CorpusStage(name="r", fn=partial(remove_repeated_lines, min_docs=4, mode="raw")))
+    assert (op.kind, op.min_docs, op.line_mode) == ("repeated_lines", 4, "raw")
+    assert corpus_op(CorpusStage(name="r", fn=remove_repeated_lines)).line_mode == "normalized"  # its default
+    with pytest.raises(ValueError, match=r"mode must be one of \('raw', 'normalized'\), got 'exact'"):
+        corpus_op(CorpusStage(name="r", fn=partial(remove_repeated_lines, mode="exact")))
+    with pytest.raises(ValueError, match=r"\['min_count'\] have no Spark version; allowed: \('min_docs', 'mode'\)"):
+        corpus_op(CorpusStage(name="r", fn=partial(remove_repeated_lines, min_count=2)))
+    with pytest.raises(ValueError, match="cfg must be a NearDedupConfig, got dict"):
+        corpus_op(CorpusStage(name="n", fn=partial(near_dedup, cfg={"threshold": 0.5})))
+    assert corpus_op(CorpusStage(name="n", fn=near_dedup)).near == NearDedupConfig()
 
 
 def test_corpus_ops_and_filter_state_round_trip():

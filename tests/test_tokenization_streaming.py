@@ -10,8 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import llmbook.tokenization as llmbook_tokenization
 from llmbook.data.corpora import corpus_text
-from llmbook.tokenization import ByteBPETokenizer, load_published, load_published_bpe, to_hf_tokenizer, train_bpe
+from llmbook.tokenization import (
+    ByteBPETokenizer,
+    load_published,
+    load_published_bpe,
+    streaming,
+    to_hf_tokenizer,
+    train_bpe,
+)
+from llmbook.tokenization import gpt2_files as gpt2_module
 from llmbook.tokenization.gpt2_files import (
     from_vocab_merges,
     load_gpt2_files,
@@ -91,6 +100,33 @@ def test_encode_iterable_on_real_text(tokenizers, texts, chunk_chars):
     for name in ("gpt2", "cl100k_pattern", "o200k_pattern"):
         tok = tokenizers[name]
         assert list(tok.encode_iterable(pieces, chunk_chars=chunk_chars)) == tok.encode(text), name
+
+
+class _TiktokenEncoder:
+    """tiktoken's Rust encoder behind the interface streaming needs (pattern, special_tokens, encode_ordinary)."""
+
+    def __init__(self, tok: ByteBPETokenizer) -> None:
+        self.pattern, self.special_tokens = tok.pattern, tok.special_tokens
+        self.encoding = tok.to_tiktoken()
+        self.encode_ordinary = self.encoding.encode_ordinary
+
+
+def test_streaming_functions_drive_any_encoder(tokenizers, texts, tmp_path):
+    """The module functions stream any encoder with that interface: tiktoken's, fed in pieces, gives
+    tiktoken's ids of the whole text; the package exports them and the GPT-2 file functions."""
+    text = f"{texts['en'][:8000].replace(chr(10), ' ')}{EOT}{texts['zh'][:4000]}<pad>{EOT}{EOT} tail"
+    for name in ("gpt2_pattern", "o200k_pattern"):
+        enc = _TiktokenEncoder(tokenizers[name])
+        whole = enc.encoding.encode(text, allowed_special="all")
+        for chunk_chars in (5, 300):
+            pieces = _pieces(text, list(range(0, len(text), 211)))
+            assert list(streaming.encode_iterable(enc, pieces, chunk_chars)) == whole, (name, chunk_chars)
+    path = tmp_path / "doc.txt"
+    path.write_bytes(text.encode("utf-8"))
+    assert list(llmbook_tokenization.encode_file(enc, path, chunk_chars=50)) == whole
+    assert llmbook_tokenization.encode_iterable is streaming.encode_iterable
+    for name in ("from_vocab_merges", "load_gpt2_files", "read_merges_txt", "read_vocab_json", "write_gpt2_files"):
+        assert getattr(llmbook_tokenization, name) is getattr(gpt2_module, name), name
 
 
 def test_encode_file_reads_the_text_as_stored(tokenizers, texts, tmp_path):

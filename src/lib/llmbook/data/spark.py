@@ -8,13 +8,19 @@ and runs it on a Spark cluster (or ``local[N]``), with the *same stage functions
   stages can pick the same survivor as the in-process run (which keeps the *first* document);
 * exact dedup: key = :func:`~llmbook.data.dedup.text_hash`, ``groupByKey``, keep the smallest
   ``pos`` of each key;
-* repeated lines (CCNet, arXiv:1911.00359): ``(line_key, 1)`` per distinct line of a document,
-  ``reduceByKey(add)``; the keys seen in >= ``min_docs`` documents (boilerplate: few) are
-  broadcast and stripped with :func:`~llmbook.data.dedup.strip_repeated_lines`;
-* MinHash-LSH near dedup (arXiv:2107.06499): signatures per partition with the book's numpy
-  MinHash, ``((band, band bytes), (pos, signature))`` for each of the b bands, ``groupByKey`` to
-  candidate pairs, each verified inside its bucket by the signature estimate exactly as
-  :func:`~llmbook.data.dedup.near_duplicate_clusters` does, then ``distinct``. Connected
+* repeated lines (CCNet, arXiv:1911.00359): ``(line_key, 1)`` per distinct line of a document
+  (in the stage's ``mode``), ``reduceByKey(add)``; the keys seen in >= ``min_docs`` documents
+  (boilerplate: few) are broadcast and stripped with :func:`~llmbook.data.dedup.strip_repeated_lines`;
+* MinHash-LSH near dedup (arXiv:2107.06499), every :class:`~llmbook.data.dedup.NearDedupConfig`
+  field honoured with dedup's own functions: signatures per partition with
+  :func:`~llmbook.data.dedup.signatures` (``normalize``, ``shingle_hash``, ``unit``, ``ngram``,
+  ``seed``, ``scheme``), ``((band, band bytes), (pos, signature))`` for each of the b bands of
+  ``cfg.band_rows()``, ``groupByKey`` to candidate pairs, then ``distinct``. With
+  ``verify_with="signature"`` each pair is verified inside its bucket by the signature estimate
+  exactly as :func:`~llmbook.data.dedup.near_duplicate_clusters` does; with ``"exact"`` the
+  candidate pairs are joined back, on each side, to the shingle sets
+  (:func:`~llmbook.data.dedup.shingle_set`) of the documents they name (positions broadcast,
+  texts filtered where they are), and kept when their exact Jaccard is >= ``threshold``. Connected
   components are computed on the driver with :class:`~llmbook.data.dedup.UnionFind` over the
   collected *edges*: one pair per duplicate, a few MB for a billion-document crawl with a few %
   duplicates; beyond that, replace it with rounds of min-label propagation (a join per round).
@@ -41,17 +47,19 @@ from typing import Any
 import numpy as np
 
 from llmbook.data.dedup import (
+    LINE_MODES,
     NearDedupConfig,
     UnionFind,
     exact_dedup,
     line_keys,
     near_dedup,
-    optimal_bands,
     remove_repeated_lines,
+    shingle_set,
+    signatures,
     strip_repeated_lines,
     text_hash,
 )
-from llmbook.data.minhash import minhash_texts
+from llmbook.data.minhash import jaccard
 from llmbook.data.pipeline import CorpusStage, Doc, PipelineReport, Stage, StageReport, _check_doc, _nbytes, apply_stage
 
 StageList = list[Stage | CorpusStage]
@@ -101,23 +109,42 @@ class SparkCorpusOp:
 
     kind: str  # "exact_dedup" | "repeated_lines" | "near_dedup"
     min_docs: int = 3  # repeated_lines: drop lines seen in >= min_docs documents
-    near: NearDedupConfig | None = None  # near_dedup settings
+    line_mode: str = "normalized"  # repeated_lines: line key, as remove_repeated_lines(mode=...)
+    near: NearDedupConfig | None = None  # near_dedup settings (every field honoured)
+
+
+_SETTINGS = {remove_repeated_lines: ("min_docs", "mode"), near_dedup: ("cfg",)}  # keywords the Spark ops read
 
 
 def corpus_op(stage: CorpusStage) -> SparkCorpusOp:
-    """Map a corpus stage (``exact_dedup`` or a ``functools.partial`` of the dedup functions) to its Spark op."""
+    """Map a corpus stage (``exact_dedup`` or a ``functools.partial`` of the dedup functions) to its Spark op.
+
+    A keyword the Spark op would not read raises ``ValueError`` (rather than giving a different
+    result from the in-process run).
+    """
     fn = stage.fn
     base = fn.func if isinstance(fn, partial) else fn
     kw = dict(fn.keywords) if isinstance(fn, partial) else {}
     args = fn.args if isinstance(fn, partial) else ()
     if args:
         raise ValueError(f"corpus stage {stage.name!r}: pass settings to partial() by keyword, got positional {args}")
+    unknown = sorted(set(kw) - set(_SETTINGS.get(base, kw)))
+    if unknown:
+        raise ValueError(
+            f"corpus stage {stage.name!r}: settings {unknown} have no Spark version; allowed: {_SETTINGS[base]}"
+        )
     if base is exact_dedup and not kw:
         return SparkCorpusOp(kind="exact_dedup")
     if base is remove_repeated_lines:
-        return SparkCorpusOp(kind="repeated_lines", min_docs=int(kw.get("min_docs", 3)))
+        mode = kw.get("mode", "normalized")
+        if mode not in LINE_MODES:
+            raise ValueError(f"corpus stage {stage.name!r}: mode must be one of {LINE_MODES}, got {mode!r}")
+        return SparkCorpusOp(kind="repeated_lines", min_docs=int(kw.get("min_docs", 3)), line_mode=mode)
     if base is near_dedup:
-        return SparkCorpusOp(kind="near_dedup", near=kw.get("cfg") or NearDedupConfig())
+        cfg = kw.get("cfg") or NearDedupConfig()
+        if not isinstance(cfg, NearDedupConfig):
+            raise ValueError(f"corpus stage {stage.name!r}: cfg must be a NearDedupConfig, got {type(cfg).__name__}")
+        return SparkCorpusOp(kind="near_dedup", near=cfg)
     raise ValueError(
         f"corpus stage {stage.name!r} has no Spark version; its fn must be exact_dedup or "
         "functools.partial(remove_repeated_lines | near_dedup, ...)"
@@ -180,14 +207,14 @@ def _exact_dedup(rdd: Any, sc: Any, op: SparkCorpusOp) -> Any:
 
 
 def _repeated_lines(rdd: Any, sc: Any, op: SparkCorpusOp) -> Any:
-    min_docs = op.min_docs
+    min_docs, mode = op.min_docs, op.line_mode
     if min_docs < 2:
         raise ValueError(f"min_docs must be >= 2, got {min_docs}")
-    counts = rdd.flatMap(lambda pd: [(k, 1) for k in line_keys(pd[1]["text"])]).reduceByKey(add)
+    counts = rdd.flatMap(lambda pd: [(k, 1) for k in line_keys(pd[1]["text"], mode)]).reduceByKey(add)
     repeated = sc.broadcast(frozenset(counts.filter(lambda kv: kv[1] >= min_docs).keys().collect()))
 
     def strip(pd: tuple[int, Doc]) -> tuple:
-        out = strip_repeated_lines(pd[1], repeated.value)
+        out = strip_repeated_lines(pd[1], repeated.value, mode)
         return (_DROP, pd[0], str(pd[1]["id"]), "all_lines_repeated") if out is None else (_DOC, pd[0], out)
 
     return rdd.map(strip)
@@ -197,8 +224,7 @@ def _signatures(records: Iterator[tuple[int, Doc]], cfg: NearDedupConfig) -> Ite
     batch = list(records)
     if not batch:
         return iter(())
-    texts = [d["text"] for _, d in batch]
-    sig = minhash_texts(texts, cfg.num_perm, cfg.seed, cfg.scheme, cfg.ngram, cfg.unit)  # (N, P)
+    sig = signatures([d["text"] for _, d in batch], cfg)  # (N, P): normalize, shingle_hash, ... as in-process
     return iter((pos, sig[i]) for i, (pos, _) in enumerate(batch))
 
 
@@ -218,23 +244,50 @@ def _group_pairs(kv: tuple[Any, Iterable[tuple[int, np.ndarray]]], threshold: fl
     ]
 
 
-def near_duplicate_edges(sigs: Any, cfg: NearDedupConfig) -> list[tuple[int, int]]:
+def _exact_verified(pairs: Any, texts: Any, cfg: NearDedupConfig) -> Any:
+    """The pairs of an RDD of ``(pos_i, pos_j)`` whose shingle sets have exact Jaccard >= ``cfg.threshold``.
+
+    Only documents named by a candidate get a shingle set (once each): their positions (as few
+    as the edges the driver collects anyway) are broadcast, so the corpus' texts are filtered in
+    place, not shuffled. A pair meets the set of its left document in one join, of its right in a second.
+    """
+    t = cfg.threshold
+    named = pairs.context.broadcast(frozenset(pairs.flatMap(lambda p: p).distinct().collect()))
+    sets = texts.filter(lambda pt: pt[0] in named.value).mapValues(lambda text: shingle_set(text, cfg))
+    left = pairs.join(sets).map(lambda kv: (kv[1][0], (kv[0], kv[1][1])))  # (pos_j, (pos_i, set_i))
+    both = left.join(sets)  # (pos_j, ((pos_i, set_i), set_j))
+    return both.filter(lambda kv: jaccard(kv[1][0][1], kv[1][1]) >= t).map(lambda kv: (kv[1][0][0], kv[0]))
+
+
+def near_duplicate_edges(sigs: Any, cfg: NearDedupConfig, texts: Any = None) -> list[tuple[int, int]]:
     """Verified LSH pairs ``(pos_i < pos_j)`` from an RDD of ``(pos, signature)``: bands as keys, grouped.
 
-    A bucket carries the signatures of its members, so a candidate pair is verified where it
-    is found (the test is the same ``mean(sig_i == sig_j) >= threshold`` as in-process, hence
-    the same answer in every bucket that finds it); ``distinct`` then merges the buckets.
+    ``cfg.band_rows()`` gives the (b, r) of the in-process run. With ``verify_with="signature"`` a
+    bucket carries the signatures of its members, so a candidate pair is verified where it is
+    found (the test is the same ``mean(sig_i == sig_j) >= threshold`` as in-process, hence the
+    same answer in every bucket that finds it); ``distinct`` then merges the buckets. With
+    ``verify_with="exact"`` the distinct candidates are joined to the shingle sets of ``texts``,
+    an RDD of ``(pos, text)`` (required then), and checked by exact Jaccard.
     """
-    b, r = optimal_bands(cfg.threshold, cfg.num_perm)
-    t = cfg.threshold if cfg.verify else None
+    b, r = cfg.band_rows()
+    exact = cfg.verify and cfg.verify_with == "exact"
+    if exact and texts is None:
+        raise ValueError("texts (an RDD of (pos, text)) is required when cfg.verify_with='exact'")
+    t = cfg.threshold if cfg.verify and not exact else None
     buckets = sigs.flatMap(lambda ps: _band_keys(ps, b, r)).groupByKey()
     pairs = buckets.flatMap(lambda kv: _group_pairs(kv, t)).distinct()
-    return sorted(pairs.collect())
+    if not exact:
+        return sorted(pairs.collect())
+    pairs = pairs.persist()  # read twice: the positions to broadcast, then the joins
+    edges = sorted(_exact_verified(pairs, texts, cfg).collect())
+    pairs.unpersist()
+    return edges
 
 
 def _near_dedup(rdd: Any, sc: Any, op: SparkCorpusOp) -> Any:
     cfg = op.near or NearDedupConfig()
-    edges = near_duplicate_edges(rdd.mapPartitions(lambda it: _signatures(it, cfg)), cfg)
+    texts = rdd.map(lambda pd: (pd[0], pd[1]["text"]))
+    edges = near_duplicate_edges(rdd.mapPartitions(lambda it: _signatures(it, cfg)), cfg, texts)
     nodes = sorted({p for e in edges for p in e})
     index = {p: i for i, p in enumerate(nodes)}
     uf = UnionFind(len(nodes))
