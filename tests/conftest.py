@@ -181,7 +181,14 @@ def built_site(smoke_book):
     Strict: a Sphinx warning (a broken reference, a missing glue key) fails the build and every test
     that uses the site. Used by tests/test_book.py and tests/test_site_browser.py (xdist group "book").
     """
+    from contextlib import ExitStack
+
+    from filelock import FileLock
+
     from llmbook.book import runner
 
-    runner.render_site(smoke_book, strict=True)
+    with ExitStack() as locks:  # no chapter is rewritten by the other worker while the site reads it
+        for chapter in runner.discover(smoke_book):
+            locks.enter_context(FileLock(str(smoke_book.site_root / f".{chapter.name}.lock")))
+        runner.render_site(smoke_book, strict=True)
     return smoke_book.html_dir
