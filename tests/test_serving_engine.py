@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from llmbook.chain.pretrained import load_pretrained, smollm2_dir
 from llmbook.serving.engine import Engine, EngineConfig
-from llmbook.serving.kv_cache import BlockAllocator, OutOfBlocks, prefix_hashes, slot_indices
+from llmbook.serving.kv_cache import BlockAllocator, OutOfBlocks, block_waste, prefix_hashes, slot_indices
 from llmbook.serving.model_runner import Chunk, PagedModelRunner
 from llmbook.serving.paged_attention import contiguous_attention, paged_attention
 from llmbook.serving.params import SamplingParams
@@ -239,6 +239,20 @@ def test_kv_usage_counts_shared_blocks_once(model, tokenizer):
     engine.add_request("a", PROMPTS[2], SamplingParams(n=2, max_tokens=4, temperature=0))  # 9 tokens
     engine.step()  # prefill + first tokens: two sequences of 10 tokens, 9 computed, sharing 3 blocks
     assert engine.kv_usage() == (12, 9)
+
+
+def test_block_waste_by_hand_and_from_the_trace(model, tokenizer):
+    assert block_waste([5, 8, 1], 4) == 1 - 14 / (8 + 8 + 4)
+    assert block_waste([5, 8, 1], 1) == 0.0 and block_waste([], 16) == 0.0
+    with pytest.raises(ValueError, match="block_size"):
+        block_waste([3], 0)
+    # with nothing shared (these prompts share prefixes), the trace's per-sequence counts give the
+    # engine's own slot accounting
+    engine = Engine(model, tokenizer, EngineConfig(block_size=4, num_blocks=64, trace=True, prefix_caching=False))
+    run_greedy(engine, PROMPTS, 5)
+    busy = [s for s in engine.trace if s.slots_allocated]
+    allocated, filled = sum(s.slots_allocated for s in busy), sum(s.slots_filled for s in busy)
+    assert block_waste([n for s in busy for n in s.cached_tokens], 4) == pytest.approx(1 - filled / allocated)
 
 
 def test_engine_on_smollm2_equals_generate_on_chat_prompts():

@@ -65,6 +65,7 @@ class StepRecord:
     slots_allocated: int  # KV slots in the blocks the running sequences hold (after the step)
     slots_filled: int  # of which hold a token
     slots_contiguous: int  # what per-request contiguous caches would reserve: prompt + max_tokens each
+    cached_tokens: list[int] = field(default_factory=list)  # KV entries of each running sequence (any block size)
 
 
 @dataclass(kw_only=True)
@@ -199,7 +200,8 @@ class Engine:
                 work=[(s.request_id, s.index, n, kind) for (s, n), kind in zip(plan.work, kinds, strict=True)],
                 preempted=[s.request_id for s in plan.preempted], blocks_used=self.allocator.num_used,
                 slots_allocated=allocated, slots_filled=filled,
-                slots_contiguous=sum(s.prompt_len + s.params.max_tokens for s in self.scheduler.running)))
+                slots_contiguous=sum(s.prompt_len + s.params.max_tokens for s in self.scheduler.running),
+                cached_tokens=[s.num_computed for s in self.scheduler.running]))
         return outputs
 
     def _advance(self, seq: Sequence, logits: torch.Tensor) -> list[RequestOutput]:

@@ -145,3 +145,13 @@ class PagedKVCache:
 def slot_indices(block_table: Sequence[int], start: int, end: int, block_size: int) -> list[int]:
     """Cache slots of token positions ``start..end-1`` of a sequence with this block table."""
     return [block_table[t // block_size] * block_size + t % block_size for t in range(start, end)]
+
+
+def block_waste(cached_tokens: Sequence[int], block_size: int) -> float:
+    """Share of KV slots allocated but empty when a sequence of ``n`` cached tokens holds
+    ``ceil(n / block_size)`` blocks of its own (no sharing): the paged cache's internal fragmentation,
+    ``1 - sum(n) / sum(block_size * ceil(n / block_size))``. 0.0 for no tokens."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    allocated = sum(-(-n // block_size) * block_size for n in cached_tokens)
+    return 1.0 - sum(cached_tokens) / allocated if allocated else 0.0
