@@ -87,6 +87,12 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     return blocks
 
 
+def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The linear layers inside the decoder blocks, named ``"<block>.<path>"`` (e.g. ``"0.mlp.up_proj"``)."""
+    return {f"{index}.{name}": module for index, block in enumerate(decoder_blocks(model))
+            for name, module in linear_layers(block).items()}
+
+
 class _Captured(Exception):
     """Raised by the hook on the first block: its inputs are all the pipeline needs from the model's stem."""
 

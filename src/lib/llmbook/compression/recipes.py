@@ -21,7 +21,13 @@ import torch
 from torch import nn
 
 from llmbook.compression import activation_aware, ggml, gptq, llm_int8, low_rank, pruning, quantize
-from llmbook.compression.calibration import LinearStats, compress_sequentially, decoder_blocks, iterate_blocks
+from llmbook.compression.calibration import (
+    LinearStats,
+    compress_sequentially,
+    decoder_blocks,
+    decoder_linears,
+    iterate_blocks,
+)
 from llmbook.compression.quantize import QuantSpec
 
 
@@ -35,16 +41,6 @@ class Compressed:
     seconds: float = 0.0  # wall time of the compression itself
     layer_errors: dict[str, float] = field(default_factory=dict)  # per-linear output error, where measured
     baseline_errors: dict[str, float] = field(default_factory=dict)  # a simpler method's, on the same inputs
-
-
-def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """The linear layers inside the decoder blocks, named ``"<block>.<path>"`` (e.g. ``"0.mlp.up_proj"``)."""
-    return {
-        f"{index}.{name}": module
-        for index, block in enumerate(decoder_blocks(model))
-        for name, module in block.named_modules()
-        if isinstance(module, nn.Linear)
-    }
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -87,15 +83,14 @@ def half_precision(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> Com
     return _timed(str(dtype).removeprefix("torch."), 16, build, model)
 
 
-def rtn(model: nn.Module, spec: QuantSpec, name: str | None = None) -> Compressed:
+def rtn(model: nn.Module, spec: QuantSpec) -> Compressed:
     """Round-to-nearest of every decoder linear with ``spec``: no calibration data."""
 
     def build(m: nn.Module) -> None:
         for layer in decoder_linears(m).values():
             layer.weight.copy_(quantize.fake_quantize(layer.weight, spec))
 
-    label = name or f"RTN int{spec.bits} {_grouping(spec)}"
-    return _timed(label, spec.bits_per_weight(), build, model)
+    return _timed(f"RTN int{spec.bits} {_grouping(spec)}", spec.bits_per_weight(), build, model)
 
 
 def _grouping(spec: QuantSpec) -> str:
