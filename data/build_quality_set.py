@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import io
 import json
 import math
 import random
@@ -48,7 +47,7 @@ import lxml.html
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_corpora import fetch_deb  # noqa: E402  (apt-get download + dpkg-deb -x)
-from build_faq import PY_LIBRARY, rst_blocks, rst_sections, slug  # noqa: E402  (the same reST converter)
+from build_faq import PY_LIBRARY, rst_blocks, rst_sections, slug, write_jsonl  # noqa: E402  (the same reST converter)
 
 DATA = Path(__file__).resolve().parent
 OUT = "quality_segments.jsonl.gz"
@@ -391,15 +390,6 @@ def build(work: Path) -> list[dict[str, Any]]:
     return [{k: r[k] for k in ("id", "text", "label", "source", "kind", "page", "split")} for r in out]
 
 
-def write(rows: list[dict[str, Any]]) -> int:
-    buf = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as gz:
-        for r in rows:
-            gz.write((json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
-    (DATA / OUT).write_bytes(buf.getvalue())
-    return len(buf.getvalue())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, help="download/extract here and keep it (default: a temp dir)")
@@ -410,7 +400,7 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             rows = build(Path(tmp))
-    size = write(rows)
+    size = write_jsonl(OUT, rows)
     counts = Counter((r["split"], r["label"]) for r in rows)
     kinds = Counter((r["source"], r["kind"], r["label"]) for r in rows)
     for k in sorted(kinds):

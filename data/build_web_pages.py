@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
-import json
 import re
 import sys
 import tempfile
@@ -38,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_corpora import fetch_deb  # noqa: E402  (same download helper as the corpora)
-from build_faq import deb_version, join_paragraphs, rst_blocks, rst_sections  # noqa: E402
+from build_faq import deb_version, join_paragraphs, rst_blocks, rst_sections, write_jsonl  # noqa: E402
 
 DATA = Path(__file__).resolve().parent
 OUT = "web_pages.jsonl.gz"
@@ -135,17 +133,6 @@ def debian_pages(root: Path, package: str) -> list[dict[str, Any]]:
     return rows
 
 
-def write_jsonl(rows: list[dict[str, Any]]) -> int:
-    ids = [r["id"] for r in rows]
-    assert len(ids) == len(set(ids)), "duplicate ids"
-    buf = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as gz:
-        for r in rows:
-            gz.write((json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
-    (DATA / OUT).write_bytes(buf.getvalue())
-    return len(buf.getvalue())
-
-
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -153,7 +140,7 @@ def main() -> None:
         versions = {pkg: deb_version(root, pkg) for pkg, root in roots.items()}
         rows = (python_pages(roots["python3.11-doc"], f"python3.11-doc {versions['python3.11-doc']}")
                 + debian_pages(roots["debian-reference-en"], f"debian-reference-en {versions['debian-reference-en']}"))
-    size = write_jsonl(rows)
+    size = write_jsonl(OUT, rows)
     for key in sorted({(r["meta"]["source"], r["meta"]["split"]) for r in rows}):
         sel = [r for r in rows if (r["meta"]["source"], r["meta"]["split"]) == key]
         print(f"{key[0]:16s} {key[1]:4s}: {len(sel):3d} pages, html {sum(len(r['html']) for r in sel):9d} chars, "
