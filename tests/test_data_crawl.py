@@ -92,4 +92,6 @@ def test_bad_input_is_named(tmp_path) -> None:
     write_crawl(path, DOCS[:1])
     with pytest.raises(ValueError, match="no given document"):
         read_crawl(path, {})
+    with pytest.raises(ValueError, match="same URL"):
+        write_crawl(path, [DOCS[0], DOCS[0]])
     assert "&lt;b&gt;" in page_html("t", "<b>")  # text is escaped, never markup

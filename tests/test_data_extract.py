@@ -4,11 +4,12 @@ pages against trafilatura and resiliparse, bad input never crashes, fuzzing."""
 from __future__ import annotations
 
 import random
-import time
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lxml import etree
 
 from llmbook.data.extract import (
     ExtractConfig,
@@ -127,6 +128,10 @@ def test_context_pass_equals_justext(seed: int) -> None:
 
 def test_charsets_bom_header_meta_and_wrong_declarations() -> None:
     body = "<p>Grüße, café, 東京</p>"
+    prose = "<html><head><title>A &amp;lt;b&amp;gt; tag</title></head><body><p>" + PROSE * 3 + "</p></body></html>"
+    for codec, bom in (("utf-32-be", "\ufeff"), ("utf-32-le", "\ufeff"), ("utf-8", "")):  # NUL bytes, not binary
+        page = extract_main_text((bom + prose).encode(codec))
+        assert page.reason == "ok" and page.title == "A &lt;b&gt; tag"  # entities decoded once, not twice
     assert decode_html(("\ufeff" + body).encode("utf-16-le")) == (body, "utf-16-le")  # the BOM wins
     latin = "<p>Grüße aus Köln</p>".encode("latin-1")
     assert decode_html(latin, "text/html; charset=ISO-8859-1") == ("<p>Grüße aus Köln</p>", "cp1252")
@@ -149,9 +154,8 @@ def test_bad_input_never_crashes_and_says_why() -> None:
     assert all_links.text == "" and all_links.reason == "all_boilerplate"
     assert {b.reason for b in all_links.blocks} == {"link_dense"}
     huge = "<p>" + "word " * 2_100_000 + "</p>"  # 10.5 MB on one line
-    start = time.perf_counter()
-    assert extract_main_text(huge).reason == "too_large"
-    assert time.perf_counter() - start < 5  # refused before parsing (generous bound; it takes microseconds)
+    with patch.object(etree, "fromstring", side_effect=AssertionError("parsed")):  # refused before parsing
+        assert extract_main_text(huge).reason == "too_large"
     big = extract_main_text("<html><body><p>" + PROSE * 8000 + "</p></body></html>")  # 1.6 MB, one line
     assert big.reason == "ok" and len(big.text) > 1_500_000
     broken = extract_main_text("<div><p>" + PROSE + "<p>unclosed <b>bold <i>" + PROSE + "</div></span></table>")

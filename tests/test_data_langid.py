@@ -87,8 +87,7 @@ def test_short_strings_vs_py3langid(comparison, test_rows):
         assert set(comparison["short"][name]) == set(L.LANGUAGES)
         assert f1[name] < comparison["macro_f1"]["long"][name]
         assert all(0.6 < s["f1"] <= 1.0 for s in comparison["short"][name].values())
-    speed = comparison["strings_per_s"]
-    assert speed["ours"] > 0 and speed["py3langid"] > 0  # values are reported, not asserted (timing)
+    assert set(comparison["strings_per_s"]) == {"ours", "py3langid"}  # reported, never asserted (timing)
 
 
 def test_short_snippets_cut_at_word_boundaries():

@@ -107,7 +107,8 @@ def test_compare_with_gopher_counts(model, test_segments):
         assert res[lab]["n"] == len(idx)
         assert res[lab]["gopher_flags"] == pytest.approx(np.mean([bool(gopher_rules(sub[i].text)) for i in idx]))
         assert res[lab]["classifier_flags"] == pytest.approx(np.mean([scores[i] < 0.5 for i in idx]))
-        assert res[lab]["either_flags"] >= max(res[lab]["gopher_flags"], res[lab]["classifier_flags"])
+        either = [bool(gopher_rules(sub[i].text)) or scores[i] < 0.5 for i in idx]
+        assert res[lab]["either_flags"] == pytest.approx(np.mean(either))
     # on the whole test split (measured): Gopher flags 96.4 % of low and 26.7 % of high segments,
     # the classifier 96.9 % of low and 3.2 % of high.
     assert res["high"]["classifier_flags"] < res["high"]["gopher_flags"]

@@ -104,6 +104,6 @@ def test_uncompressed_warc_and_garbage_files(warc_path, tmp_path) -> None:
         report = WarcReadReport()
         assert list(read_warc(path, report)) == []
     with pytest.raises(ValueError, match="existing WARC file"):
-        list(read_warc(tmp_path / "missing.warc.gz"))
+        read_warc(tmp_path / "missing.warc.gz")  # refused when called, before any page is read
     with pytest.raises(ValueError, match=r"\(url, body\[, headers\[, status\]\]\)"):
         write_warc(tmp_path / "x.warc.gz", [("https://example.org/",)])

@@ -43,6 +43,10 @@ def test_first_mask_finds_the_span_a_tag_replaced_after_lines_were_removed() -> 
     assert first_mask("no tags here", original) is None
     with pytest.raises(ValueError):
         first_mask("a line <EMAIL> that masking never wrote", original)
+    # a masked line that also stands inside a longer line is matched as the whole line
+    shared = "Contact ann@example.com now\nbob@example.org"
+    tag, span = first_mask(mask_pii(shared)[0].split("\n", 1)[1], shared)
+    assert span.value == "bob@example.org"
 
 
 def _runs(budgets: int):

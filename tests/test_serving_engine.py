@@ -246,6 +246,9 @@ def test_block_waste_by_hand_and_from_the_trace(model, tokenizer):
     assert block_waste([5, 8, 1], 1) == 0.0 and block_waste([], 16) == 0.0
     with pytest.raises(ValueError, match="block_size"):
         block_waste([3], 0)
+    assert block_waste(iter([5, 8, 1]), 4) == block_waste([5, 8, 1], 4)  # any iterable, read once
+    with pytest.raises(ValueError, match="counts >= 0"):
+        block_waste([3, -1], 4)
     # with nothing shared (these prompts share prefixes), the trace's per-sequence counts give the
     # engine's own slot accounting
     engine = Engine(model, tokenizer, EngineConfig(block_size=4, num_blocks=64, trace=True, prefix_caching=False))

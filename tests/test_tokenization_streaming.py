@@ -139,7 +139,7 @@ def test_encode_file_reads_the_text_as_stored(tokenizers, texts, tmp_path):
     with pytest.raises(ValueError, match="chunk_chars must be a positive int, got 0"):
         tok.encode_file(path, chunk_chars=0)
     with pytest.raises(TypeError, match="got bytes"):
-        list(tok.encode_iterable(b"abc"))
+        tok.encode_iterable(b"abc")  # refused when called, not at the first id
     with pytest.raises(TypeError, match="an item of type int"):
         list(tok.encode_iterable(["a", 3]))
     assert list(tok.encode_iterable("one string")) == tok.encode("one string")
@@ -254,11 +254,10 @@ def test_bad_files_name_the_file_and_line(tokenizers, tmp_path):
         "result missing": (lines[:2] + ["Ġ ~"] + lines[2:], r"merges.txt:3: the merged token 'Ġ~' .* is not in the"),
         "outside alphabet": (lines[:2] + ["a\u4e00 b"] + lines[2:], r"merges.txt:3: characters outside the GPT-2"),
     }
-    for name, (bad, message) in cases.items():
+    for bad, message in cases.values():
         (tmp_path / "merges.txt").write_text("\n".join(bad), encoding="utf-8")
         with pytest.raises(ValueError, match=message):
             load_gpt2_files(v, tmp_path / "merges.txt", SPECIALS)
-        assert name
     late = lines[:2] + [lines[3], lines[2]] + lines[4:]  # two merges swapped: ids no longer follow the order
     (tmp_path / "merges.txt").write_text("\n".join(late), encoding="utf-8")
     with pytest.raises(ValueError, match=r"merges.txt:(3|4): (ids must grow in merge order|merge token)"):

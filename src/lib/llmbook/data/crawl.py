@@ -89,6 +89,9 @@ def web_page_documents(n: int, seed: int = 0, path: str | Path | None = None) ->
 def write_crawl(path: str | Path, docs: Iterable[Doc]) -> int:
     """Write ``docs`` as response records of a gzipped WARC file (see :func:`document_page`); returns the count."""
     pages = [(document_url(d), *document_page(d)) for d in docs]
+    urls = [url for url, *_ in pages]
+    if len(set(urls)) != len(urls):
+        raise ValueError("two documents have the same URL: read_crawl could not tell them apart")
     return write_warc(path, pages, warcinfo={"software": "llmbook", "description": "a planted crawl"})
 
 

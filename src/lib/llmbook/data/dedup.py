@@ -110,7 +110,7 @@ def line_keys(text: str, mode: str = "normalized") -> set[bytes]:
 
 
 def repeated_line_keys(
-    texts: Iterable[str], *, mode: str = "raw", min_count: int = 2, count: str = "lines"
+    texts: Iterable[str], *, mode: str, min_count: int = 2, count: str = "lines"
 ) -> set[bytes]:
     """Keys of the lines counted >= ``min_count`` times over ``texts`` (every copy, or once per document)."""
     _check_line_mode(mode)
@@ -127,7 +127,7 @@ def repeated_line_keys(
     return {k for k, c in df.items() if c >= min_count}
 
 
-def strip_lines(text: str, repeated: Container[bytes], mode: str = "raw") -> str:
+def strip_lines(text: str, repeated: Container[bytes], *, mode: str) -> str:
     """``text`` without its lines whose key is in ``repeated``.
 
     Raw mode keeps every other line exactly, with its own ``"\\n"``; normalized mode (CCNet) keeps
@@ -149,12 +149,12 @@ def exact_line_dedup(
     anywhere is removed. ``mode="normalized", count="documents", min_count=3`` is CCNet's.
     """
     repeated = repeated_line_keys(texts, mode=mode, min_count=min_count, count=count)
-    return [strip_lines(t, repeated, mode) for t in texts]
+    return [strip_lines(t, repeated, mode=mode) for t in texts]
 
 
 def strip_repeated_lines(doc: Doc, repeated: Container[bytes], mode: str = "normalized") -> Doc | None:
     """``doc`` without the lines whose key is in ``repeated``; None when nothing (or only spaces) is left."""
-    text = strip_lines(doc["text"], repeated, mode)
+    text = strip_lines(doc["text"], repeated, mode=mode)
     if not text.strip():
         return None
     return {**doc, "text": text} if text != doc["text"] else doc

@@ -518,13 +518,14 @@ def extract_main_text(html_input: str | bytes, config: ExtractConfig | None = No
     if not isinstance(html_input, str | bytes | bytearray):
         raise ValueError(f"html_input must be str or bytes, got {type(html_input).__name__}")
     charset = None
-    if len(html_input) > config.max_bytes:
+    size = len(html_input) if isinstance(html_input, bytes | bytearray) else len(html_input.encode("utf-8", "replace"))
+    if size > config.max_bytes:
         return ExtractedPage(title="", text="", reason="too_large")
     if isinstance(html_input, bytes | bytearray):
         data = bytes(html_input)
         if not data.strip():
             return ExtractedPage(title="", text="", reason="empty")
-        if looks_binary(data) and not data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        if looks_binary(data) and not data.startswith(tuple(bom for bom, _ in _BOMS)):  # UTF-16/32 hold NULs
             return ExtractedPage(title="", text="", reason="binary")
         html_input, charset = decode_html(data, declared_charset)
     if not html_input.strip():
@@ -578,9 +579,9 @@ def extract_main_text(html_input: str | bytes, config: ExtractConfig | None = No
             blocks.append(Block(text=t, tag=b.tag, kept=kept, reason="fallback" if kept else why, **stats))
     text = "\n\n".join(out)
     if not text:
-        return ExtractedPage(title=html.unescape(title), text="", blocks=blocks, charset=charset,
+        return ExtractedPage(title=title, text="", blocks=blocks, charset=charset,
                              reason="all_boilerplate" if blocks else "no_text")
-    return ExtractedPage(title=html.unescape(title), text=text, blocks=blocks, charset=charset)
+    return ExtractedPage(title=title, text=text, blocks=blocks, charset=charset)
 
 
 def html_to_text_bytes(html_bytes: bytes, declared_charset: str | None = None) -> str:

@@ -415,7 +415,7 @@ def first_mask(masked: str, original: str) -> tuple[re.Match, Span] | None:
     line_end = masked.find("\n", tag.end())
     line = masked[line_start : line_end if line_end >= 0 else len(masked)]
     full = mask_pii(original)[0]
-    at = full.find(line)
+    at = f"\n{full}\n".find(f"\n{line}\n")  # as a whole line: the same text inside a longer line is not it
     if at < 0:
         raise ValueError("masked is not mask_pii(original) with whole lines removed: a masked line is missing")
     tags = [m.start() for m in MASK_RE.finditer(full)]

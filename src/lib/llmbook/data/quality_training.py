@@ -24,6 +24,7 @@ least the model's threshold (0.5 unless trained otherwise), else ``"low"``. Engl
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import re
@@ -237,10 +238,10 @@ def _default_model() -> WebQualityClassifier:
 
 def default_quality_classifier(path: str | Path | None = None) -> WebQualityClassifier:
     """The default model: loaded from ``path`` if that file exists, else trained on the train split
-    (a few seconds, memoised) and, if ``path`` is given, saved there."""
+    (a few seconds, once per process; each call returns its own copy) and, if ``path`` is given, saved there."""
     if path is not None and Path(path).is_file():
         return WebQualityClassifier.load(path)
-    model = _default_model()
+    model = copy.deepcopy(_default_model())
     if path is not None:
         model.save(path)
     return model
@@ -253,7 +254,7 @@ def classify_quality(text: str | bytes, model: WebQualityClassifier | None = Non
     ``text`` is a ``str`` or UTF-8 ``bytes``; empty text, non-UTF-8 bytes and binary-looking text raise
     ``ValueError``; only the first :data:`MAX_CHARS` characters are scored.
     """
-    return (model or default_quality_classifier()).classify(text)
+    return (model or _default_model()).classify(text)
 
 
 # --- evaluation ------------------------------------------------------------------------------

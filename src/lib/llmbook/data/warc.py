@@ -179,8 +179,12 @@ def read_warc(path: str | Path, report: WarcReadReport | None = None, *, html_on
     """
     report = report if report is not None else WarcReadReport()
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file():  # refused when called, not at the first page
         raise ValueError(f"path must be an existing WARC file, got {str(path)!r}")
+    return _pages(path, report, html_only)
+
+
+def _pages(path: Path, report: WarcReadReport, html_only: bool) -> Iterator[WarcPage]:
     for offset, record in _records(path, report):
         url = record.rec_headers.get_header("WARC-Target-URI") or ""
         if record.rec_type != "response":

@@ -153,5 +153,8 @@ def block_waste(cached_tokens: Sequence[int], block_size: int) -> float:
     ``1 - sum(n) / sum(block_size * ceil(n / block_size))``. 0.0 for no tokens."""
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
+    cached_tokens = list(cached_tokens)  # read twice below
+    if any(n < 0 for n in cached_tokens):
+        raise ValueError("cached_tokens must be counts >= 0")
     allocated = sum(-(-n // block_size) * block_size for n in cached_tokens)
     return 1.0 - sum(cached_tokens) / allocated if allocated else 0.0

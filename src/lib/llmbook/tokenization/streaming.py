@@ -62,7 +62,11 @@ def encode_iterable(tok: OrdinaryEncoder, texts: Iterable[str], chunk_chars: int
         raise ValueError(f"chunk_chars must be a positive int, got {chunk_chars!r}")
     if isinstance(texts, (bytes, bytearray)):
         raise TypeError("texts must be an iterable of str, got bytes; decode it first")
-    pieces = [texts] if isinstance(texts, str) else texts
+    # checked above, when called; the ids come from a generator, as they are read
+    return _encode_pieces(tok, [texts] if isinstance(texts, str) else texts, chunk_chars)
+
+
+def _encode_pieces(tok: OrdinaryEncoder, pieces: Iterable[str], chunk_chars: int) -> Iterator[int]:
     stream = _OrdinaryStream(tok.encode_ordinary, compile_pattern(tok.pattern), chunk_chars)
     if not tok.special_tokens:
         for piece in pieces:
