@@ -95,3 +95,25 @@ def test_bad_input_is_named(tmp_path) -> None:
     with pytest.raises(ValueError, match="same URL"):
         write_crawl(path, [DOCS[0], DOCS[0]])
     assert "&lt;b&gt;" in page_html("t", "<b>")  # text is escaped, never markup
+
+
+def test_documentation_pages_are_the_language_of_their_prose() -> None:
+    # the chapter's en/zh/code model called most Python-docs pages "code" when it read a page whole;
+    # labelled paragraph by paragraph with the characters voting, a page is its prose's language, and
+    # planted source files stay code
+    from llmbook.book import profiles
+    from llmbook.chain import corpus as chain
+    from llmbook.data.corpus_build import train_filters
+    from llmbook.data.extract import extract_main_text
+    from llmbook.data.langid import document_language
+    from llmbook.data.raw_corpus import make_raw_corpus
+
+    cfg = profiles.resolve("pretraining_data", "smoke")
+    raw = make_raw_corpus(chain.raw_config(cfg))
+    model = train_filters(raw, cfg.classifier_train_docs, cfg.seed).langid
+    pages = [extract_main_text(d["text"]).text for d in web_page_documents(40)]
+    whole = model.predict(pages, fast_path=True, fast_scripts=("zh",))
+    voted = [document_language(model, page, fast_scripts=("zh",)) for page in pages]
+    assert whole.count("code") >= 10 and voted.count("en") >= 36, (whole.count("code"), voted.count("en"))
+    code = [d["text"] for d in raw.docs if d["meta"]["dirt"] == "code"]
+    assert code and all(document_language(model, t, fast_scripts=("zh",)) == "code" for t in code)

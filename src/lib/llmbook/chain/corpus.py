@@ -38,7 +38,7 @@ from llmbook.data.pipeline import CorpusStage, Doc, Stage, run_pipeline
 from llmbook.data.raw_corpus import RawCorpus, RawCorpusConfig, make_raw_corpus
 from llmbook.data.spark import run_pipeline_spark
 
-BUILDER_VERSION = 2  # bump when the pipeline's logic changes, so cached corpora are rebuilt
+BUILDER_VERSION = 3  # bump when the pipeline's logic changes, so cached corpora are rebuilt
 TOKENS_FILE, INDEX_FILE = "tokens.npy", "index.json"
 
 

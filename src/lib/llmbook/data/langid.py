@@ -388,17 +388,35 @@ def compare_with_py3langid(
     return res
 
 
+def document_language(model: NaiveBayesLangId, text: str, fast_path: bool = True,
+                      fast_scripts: Sequence[str] = ("zh", "en")) -> str:
+    """The label of most of ``text``'s characters when each paragraph (blank-line separated) is labelled
+    alone: a documentation page with code blocks is the language of its prose, a source file stays code."""
+    paragraphs = [p for p in text.split("\n\n") if p.strip()] or [text]
+    labels = model.predict(paragraphs, fast_path=fast_path, fast_scripts=fast_scripts)
+    chars: dict[str, int] = {}
+    for label, paragraph in zip(labels, paragraphs, strict=True):
+        chars[label] = chars.get(label, 0) + len(paragraph)
+    return max(chars, key=chars.get)  # ties: the first paragraph's label (dicts keep insertion order)
+
+
 def langid_stage(
     model: NaiveBayesLangId,
     keep: Sequence[str] = ("en", "zh"),
     name: str = "langid",
     fast_path: bool = True,
     fast_scripts: Sequence[str] = ("zh", "en"),
+    by_paragraph: bool = True,
 ) -> Stage:
-    """Label ``meta["lang"]``; drop other languages as ``"lang:<label>"`` (see ``NaiveBayesLangId.predict``)."""
+    """Label ``meta["lang"]``; drop other languages as ``"lang:<label>"``. ``by_paragraph``: the label of
+    most characters over the paragraphs (:func:`document_language`), else the whole text's
+    (``NaiveBayesLangId.predict``)."""
 
     def fn(doc: Doc) -> Doc | str:
-        lab = model.predict([doc["text"]], fast_path=fast_path, fast_scripts=fast_scripts)[0]
+        if by_paragraph:
+            lab = document_language(model, doc["text"], fast_path, fast_scripts)
+        else:
+            lab = model.predict([doc["text"]], fast_path=fast_path, fast_scripts=fast_scripts)[0]
         if lab not in keep:
             return f"lang:{lab}"
         return {**doc, "meta": {**doc.get("meta", {}), "lang": lab}}
