@@ -29,6 +29,7 @@ import numpy as np
 from llmbook.data.dedup import (
     LINE_COUNTS,
     NearDedupConfig,
+    _check_line_mode,
     cluster_labels,
     line_key,
     lsh_candidate_pairs,
@@ -102,8 +103,7 @@ def exact_line_dedup_files(
     ``"documents"``: once per file) is removed, every copy of it; the other lines are written
     byte for byte. Defaults are CS336's exact line dedup.
     """
-    if mode not in ("raw", "normalized"):
-        raise ValueError(f"mode must be one of ('raw', 'normalized'), got {mode!r}")
+    _check_line_mode(mode)
     if count not in LINE_COUNTS:
         raise ValueError(f"count must be one of {LINE_COUNTS}, got {count!r}")
     if not isinstance(min_count, int) or min_count < 2:

@@ -220,7 +220,7 @@ def decode_html(data: bytes, declared_charset: str | None = None) -> tuple[str, 
     meta = _META_CHARSET.search(data[:4096])
     candidates = [_codec(declared_charset), _codec(meta[1].decode("ascii")) if meta else None, "utf-8"]
     for codec in dict.fromkeys(c for c in candidates if c):
-        if codec == "cp1252" and "utf-8" in candidates and _is_utf8(data):
+        if codec == "cp1252" and _is_utf8(data):
             continue  # labelled latin-1 but valid non-ASCII UTF-8: the label is wrong (a common server default)
         try:
             return data.decode(codec), codec
