@@ -38,3 +38,11 @@ def test_answers_and_refusals(metrics: dict) -> None:
     assert 0 <= metrics["refusal_threshold"] <= 1 and metrics["refusal_dev_acc"] >= 0.5
     assert metrics["n_answers"] >= 1 and 0 <= metrics["refused_pct"] <= 100
     assert metrics["rerank_train_pairs"] >= 4 * metrics["n_test_en"]  # answer + 3 hard negatives per question
+
+
+def test_rerank_weight_is_chosen_on_held_out_dev_questions(metrics: dict) -> None:
+    """The cross-encoder trains on part of dev; the rest picks how much its order counts in the pipeline."""
+    assert metrics["n_held_out"] >= 1 and metrics["final_loss"] > 0
+    if metrics["rerank_weight"] == "0 (hybrid only)":  # nothing fused: the pipeline is hybrid search itself
+        assert metrics["mrr_best_en"] == metrics["mrr_hybrid_en"]
+        assert metrics["mrr_best_zh"] == metrics["mrr_hybrid_zh"]

@@ -232,3 +232,5 @@ def test_test_split_scores_against_trafilatura_and_resiliparse(pages) -> None:
     # the boilerplate removal earns its keep: the whole visible text scores far lower on precision
     whole = score_extractor(lambda m: html_to_text(m)[0], test)
     assert whole.precision < table["ours"]["precision"] - 0.1
+    with pytest.raises(ValueError, match="page ids must be unique"):  # a repeat would count twice in the mean
+        score_extractor(ours(), [test[0], test[0]])

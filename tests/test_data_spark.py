@@ -143,6 +143,8 @@ def test_corpus_op_settings_are_read_or_refused():
         corpus_op(CorpusStage(name="r", fn=partial(remove_repeated_lines, mode="exact")))
     with pytest.raises(ValueError, match=r"\['min_count'\] have no Spark version; allowed: \('min_docs', 'mode'\)"):
         corpus_op(CorpusStage(name="r", fn=partial(remove_repeated_lines, min_count=2)))
+    with pytest.raises(ValueError, match="min_docs must be an integer, got 2.5"):
+        corpus_op(CorpusStage(name="r", fn=partial(remove_repeated_lines, min_docs=2.5)))
     with pytest.raises(ValueError, match="cfg must be a NearDedupConfig, got dict"):
         corpus_op(CorpusStage(name="n", fn=partial(near_dedup, cfg={"threshold": 0.5})))
     assert corpus_op(CorpusStage(name="n", fn=near_dedup)).near == NearDedupConfig()

@@ -111,6 +111,9 @@ def score_extractor(extract: Extractor, pages: Sequence[WebPage]) -> ExtractionS
     of the extraction calls only)."""
     if not pages:
         raise ValueError("pages must not be empty")
+    ids = [page.id for page in pages]
+    if len(set(ids)) != len(ids):  # per-page scores are keyed by id: a repeat would be averaged in twice
+        raise ValueError(f"page ids must be unique; repeated: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
     per_page: dict[str, tuple[float, float, float]] = {}
     seconds = 0.0
     for page in pages:

@@ -139,7 +139,10 @@ def corpus_op(stage: CorpusStage) -> SparkCorpusOp:
         mode = kw.get("mode", "normalized")
         if mode not in LINE_MODES:
             raise ValueError(f"corpus stage {stage.name!r}: mode must be one of {LINE_MODES}, got {mode!r}")
-        return SparkCorpusOp(kind="repeated_lines", min_docs=int(kw.get("min_docs", 3)), line_mode=mode)
+        min_docs = kw.get("min_docs", 3)
+        if isinstance(min_docs, bool) or not isinstance(min_docs, int):  # 2.5 must not quietly become 2
+            raise ValueError(f"corpus stage {stage.name!r}: min_docs must be an integer, got {min_docs!r}")
+        return SparkCorpusOp(kind="repeated_lines", min_docs=min_docs, line_mode=mode)
     if base is near_dedup:
         cfg = kw.get("cfg") or NearDedupConfig()
         if not isinstance(cfg, NearDedupConfig):
