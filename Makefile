@@ -34,7 +34,7 @@ book: setup
 test: setup
 	$(BIN)/ruff check .
 	# One OpenBLAS thread: with both cores busy (two workers), a second BLAS thread slows small calls many times.
-	OPENBLAS_NUM_THREADS=1 LLMBOOK_REQUIRE_SPARK=1 LLMBOOK_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	OPENBLAS_NUM_THREADS=1 LLMBOOK_REQUIRE_SPARK=1 LLMBOOK_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q --durations=15
 
 bench: setup
 	mkdir -p benchmarks/results
